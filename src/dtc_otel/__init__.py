@@ -1,0 +1,27 @@
+"""dtc-otel: OpenTelemetry tracing and trace-correlated logs for FastAPI, httpx and psycopg services.
+
+Run an unmodified app with ``dtc-otel-run python app.py``, or call
+:func:`configure` at startup to set up the same thing in code.
+"""
+
+from __future__ import annotations
+
+from dtc_otel._config import ConfigError, Settings, load_settings
+from dtc_otel._lifecycle import shutdown
+from dtc_otel._logs import add_trace_ids
+from dtc_otel._setup import configure
+from dtc_otel._version import __version__
+
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "__version__",
+    "add_trace_ids",
+    "configure",
+    "load_settings",
+    "shutdown",
+]
+
+for _name in ("ConfigError", "Settings", "add_trace_ids", "configure", "load_settings", "shutdown"):
+    globals()[_name].__module__ = "dtc_otel"
+del _name

@@ -1,0 +1,283 @@
+"""Settings read from ``DTC_OTEL_*`` and the standard ``OTEL_*`` environment variables.
+
+This is the one place that reads the environment. Every value is checked when
+:func:`load_settings` runs, so a typo fails before the app starts, with a
+message that names the variable, the value and the accepted form.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
+
+class ConfigError(ValueError):
+    """An environment variable has a value that dtc-otel cannot use."""
+
+
+# Documented in the README's configuration table; keep both in step.
+DTC_OTEL_DISABLED = "DTC_OTEL_DISABLED"
+DTC_OTEL_LOG_FORMAT = "DTC_OTEL_LOG_FORMAT"
+DTC_OTEL_LOG_LEVEL = "DTC_OTEL_LOG_LEVEL"
+DTC_OTEL_CONFIGURE_LOGGING = "DTC_OTEL_CONFIGURE_LOGGING"
+DTC_OTEL_SHUTDOWN_TIMEOUT = "DTC_OTEL_SHUTDOWN_TIMEOUT"
+DTC_OTEL_EXPORT_WARNING_INTERVAL = "DTC_OTEL_EXPORT_WARNING_INTERVAL"
+DTC_OTEL_DATABASE_URL = "DTC_OTEL_DATABASE_URL"
+DTC_OTEL_CAPTURE_SQL_PARAMETERS = "DTC_OTEL_CAPTURE_SQL_PARAMETERS"
+DTC_OTEL_SQLCOMMENTER = "DTC_OTEL_SQLCOMMENTER"
+
+_DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+_DEFAULT_EXPORT_WARNING_INTERVAL = 60.0
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+_LOG_FORMATS = ("auto", "json", "console")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_EXPORTERS = ("otlp", "console", "none")
+_PROTOCOLS = ("http/protobuf", "grpc")
+_SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+# A W3C Baggage-style list, which is what OTEL_RESOURCE_ATTRIBUTES and the
+# OTLP header variables use: "key=value,key2=value2".
+_KEY_VALUE_ITEM = re.compile(r"^\s*[^=\s,][^=,]*=[^,]*$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one process.
+
+    Fields mirror the environment variables in the README's table; ``None``
+    means the variable was not set and the OpenTelemetry SDK default applies.
+    """
+
+    disabled: bool = False
+    log_format: str = "auto"
+    log_level: str = "INFO"
+    configure_logging: bool = True
+    shutdown_timeout: float = _DEFAULT_SHUTDOWN_TIMEOUT
+    export_warning_interval: float = _DEFAULT_EXPORT_WARNING_INTERVAL
+    database_url: str | None = None
+    capture_sql_parameters: bool = False
+    sqlcommenter: bool = False
+    service_name: str | None = None
+    traces_exporters: tuple[str, ...] = ("otlp",)
+    otlp_protocol: str = "http/protobuf"
+    resource_attributes: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # The database URL may carry a password; never print it.
+        url = _mask_url_password(self.database_url) if self.database_url else None
+
+        return (
+            f"Settings(disabled={self.disabled}, service_name={self.service_name!r}, "
+            f"traces_exporters={self.traces_exporters!r}, otlp_protocol={self.otlp_protocol!r}, "
+            f"log_format={self.log_format!r}, log_level={self.log_level!r}, "
+            f"shutdown_timeout={self.shutdown_timeout}, database_url={url!r})"
+        )
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting from *environ* (default: ``os.environ``).
+
+    Raises:
+        ConfigError: a variable is set to a value outside its accepted form.
+    """
+    env = os.environ if environ is None else environ
+
+    _check_sampler(env)
+    _check_otlp_endpoint(env)
+    for name in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
+        _parse_key_values(env, name)
+
+    resource_attributes = _parse_key_values(env, "OTEL_RESOURCE_ATTRIBUTES")
+    service_name = env.get("OTEL_SERVICE_NAME", "").strip() or resource_attributes.get("service.name")
+
+    return Settings(
+        disabled=_bool(env, DTC_OTEL_DISABLED, False) or _bool(env, "OTEL_SDK_DISABLED", False),
+        log_format=_choice(env, DTC_OTEL_LOG_FORMAT, "auto", _LOG_FORMATS, lower=True),
+        log_level=_choice(env, DTC_OTEL_LOG_LEVEL, "INFO", _LOG_LEVELS, lower=False),
+        configure_logging=_bool(env, DTC_OTEL_CONFIGURE_LOGGING, True),
+        shutdown_timeout=_seconds(env, DTC_OTEL_SHUTDOWN_TIMEOUT, _DEFAULT_SHUTDOWN_TIMEOUT),
+        export_warning_interval=_seconds(
+            env, DTC_OTEL_EXPORT_WARNING_INTERVAL, _DEFAULT_EXPORT_WARNING_INTERVAL
+        ),
+        database_url=_database_url(env),
+        capture_sql_parameters=_bool(env, DTC_OTEL_CAPTURE_SQL_PARAMETERS, False),
+        sqlcommenter=_bool(env, DTC_OTEL_SQLCOMMENTER, False),
+        service_name=service_name or None,
+        traces_exporters=_exporters(env),
+        otlp_protocol=_protocol(env),
+        resource_attributes=resource_attributes,
+    )
+
+
+def _invalid(name: str, value: str, accepted: str) -> ConfigError:
+    return ConfigError(f"invalid {name}={value!r}: expected {accepted}")
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False if value else default
+
+    raise _invalid(name, raw, "one of true, false, 1, 0, yes, no, on, off")
+
+
+def _choice(
+    env: Mapping[str, str], name: str, default: str, accepted: tuple[str, ...], *, lower: bool
+) -> str:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+
+    value = raw.strip().lower() if lower else raw.strip().upper()
+    if value not in accepted:
+        raise _invalid(name, raw, "one of " + ", ".join(accepted))
+
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise _invalid(name, raw, "a positive number of seconds, such as 5 or 0.5")
+
+    return value
+
+
+def _exporters(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = env.get("OTEL_TRACES_EXPORTER")
+    if raw is None or not raw.strip():
+        return ("otlp",)
+
+    names = tuple(part.strip().lower() for part in raw.split(",") if part.strip())
+    unknown = [name for name in names if name not in _EXPORTERS]
+    if unknown or not names:
+        raise _invalid(
+            "OTEL_TRACES_EXPORTER", raw, "a comma-separated list of " + ", ".join(_EXPORTERS)
+        )
+    if "none" in names and len(names) > 1:
+        raise _invalid("OTEL_TRACES_EXPORTER", raw, "'none' alone, or a list without 'none'")
+
+    return () if names == ("none",) else names
+
+
+def _protocol(env: Mapping[str, str]) -> str:
+    # The per-signal variable wins over the general one, as the specification says.
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        raw = env.get(name)
+        if raw is None or not raw.strip():
+            continue
+
+        value = raw.strip().lower()
+        if value not in _PROTOCOLS:
+            raise _invalid(name, raw, "http/protobuf or grpc")
+
+        return value
+
+    return "http/protobuf"
+
+
+def _check_sampler(env: Mapping[str, str]) -> None:
+    raw = env.get("OTEL_TRACES_SAMPLER")
+    sampler = (raw or "").strip().lower()
+    if sampler and sampler not in _SAMPLERS:
+        raise _invalid("OTEL_TRACES_SAMPLER", raw or "", "one of " + ", ".join(_SAMPLERS))
+
+    arg = env.get("OTEL_TRACES_SAMPLER_ARG")
+    if arg is None or not arg.strip() or not sampler.endswith("traceidratio"):
+        return
+
+    try:
+        ratio = float(arg)
+    except ValueError:
+        ratio = math.nan
+    if not 0.0 <= ratio <= 1.0:
+        raise _invalid("OTEL_TRACES_SAMPLER_ARG", arg, "a ratio between 0.0 and 1.0, such as 0.25")
+
+
+def _check_otlp_endpoint(env: Mapping[str, str]) -> None:
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        raw = env.get(name)
+        if raw is None or not raw.strip():
+            continue
+
+        parts = urlsplit(raw.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _invalid(name, raw, "an http:// or https:// URL, such as http://127.0.0.1:4318")
+        try:
+            parts.port  # noqa: B018 - urlsplit checks the port only when it is read
+        except ValueError as exc:
+            raise _invalid(name, raw, "a URL whose port is a number from 1 to 65535") from exc
+
+
+def _parse_key_values(env: Mapping[str, str], name: str) -> dict[str, str]:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return {}
+
+    result: dict[str, str] = {}
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        if not _KEY_VALUE_ITEM.match(item):
+            # The item may hold a header secret, so the message names the
+            # position of the bad item rather than echoing it for headers.
+            shown = raw if name == "OTEL_RESOURCE_ATTRIBUTES" else "<hidden>"
+            raise _invalid(name, shown, "comma-separated key=value pairs, such as a=1,b=2")
+        key, _, value = item.partition("=")
+        result[unquote(key.strip())] = unquote(value.strip())
+
+    return result
+
+
+def _database_url(env: Mapping[str, str]) -> str | None:
+    raw = env.get(DTC_OTEL_DATABASE_URL)
+    if raw is None or not raw.strip():
+        return None
+
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise _invalid(
+            DTC_OTEL_DATABASE_URL,
+            _mask_url_password(raw),
+            "a postgresql:// URL, such as postgresql://user@127.0.0.1:5432/app",
+        )
+
+    return raw.strip()
+
+
+def _mask_url_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+
+    return parts._replace(netloc=netloc).geturl()

@@ -1,0 +1,135 @@
+"""Span exporters chosen by ``OTEL_TRACES_EXPORTER``, wrapped so failures stay quiet.
+
+The OTLP exporter runs on the batch processor's worker thread, never on the
+request path. :class:`GuardedExporter` keeps its failures from reaching the
+app: an exception becomes a failed export, repeated warnings are rate-limited,
+and a line says when export works again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, SpanExportResult
+
+from dtc_otel._config import ConfigError, Settings
+from dtc_otel._ratelimit import RateLimitFilter, log_once_per_interval
+
+__all__ = ["GuardedExporter", "build_exporters", "quiet_exporter_loggers"]
+
+_logger = logging.getLogger("dtc_otel.export")
+
+# Loggers of the SDK and the OTLP exporter that repeat one line per failed
+# batch while the collector is down.
+_NOISY_LOGGERS = (
+    "opentelemetry.sdk._shared_internal",
+    "opentelemetry.sdk.trace.export",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http._common",
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+    "opentelemetry.exporter.http_transport",
+    "opentelemetry.exporter.http_transport._http",
+    "opentelemetry.exporter.otlp.common.http",
+    "urllib3.connectionpool",
+)
+
+
+class GuardedExporter(SpanExporter):
+    """Wrap an exporter built by *factory*: no exception escapes, warnings are rate-limited.
+
+    After a fork, the child builds a fresh exporter from *factory*, because
+    the parent's HTTP connection pool must not be shared between processes.
+    """
+
+    def __init__(self, factory: Callable[[], SpanExporter], name: str) -> None:
+        self._factory = factory
+        self._name = name
+        self._exporter = factory()
+        self._failures = 0
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self._exporter.export(spans)
+        except Exception:  # noqa: BLE001 - an export error must never reach the app
+            result = SpanExportResult.FAILURE
+            log_once_per_interval(
+                _logger, "span export failed", exc_info=True, exporter=self._name, spans=len(spans)
+            )
+
+        with self._lock:
+            if result is SpanExportResult.SUCCESS:
+                if self._failures:
+                    _logger.warning(
+                        "span export resumed exporter=%s failed_batches=%d", self._name, self._failures
+                    )
+                self._failures = 0
+            else:
+                self._failures += 1
+                log_once_per_interval(_logger, "span export failing", exporter=self._name)
+
+        return result
+
+    def shutdown(self) -> None:
+        try:
+            self._exporter.shutdown()
+        except Exception:  # noqa: BLE001
+            _logger.debug("exporter shutdown failed", exc_info=True)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        try:
+            return bool(self._exporter.force_flush(timeout_millis))
+        except Exception:  # noqa: BLE001
+            return False
+
+    def reset_after_fork(self) -> None:
+        """Replace the inner exporter with a new one built in this process."""
+        self._lock = threading.Lock()
+        self._failures = 0
+        try:
+            self._exporter = self._factory()
+        except Exception:  # noqa: BLE001
+            _logger.warning("could not rebuild the span exporter after fork", exc_info=True)
+
+
+def _otlp_factory(protocol: str) -> Callable[[], SpanExporter]:
+    if protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        except ImportError as exc:
+            raise ConfigError(
+                "invalid OTEL_EXPORTER_OTLP_PROTOCOL='grpc': the gRPC exporter is not installed; "
+                "install opentelemetry-exporter-otlp-proto-grpc==1.45.1 or use http/protobuf"
+            ) from exc
+
+        return OTLPSpanExporter
+
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HTTPExporter
+
+    return HTTPExporter
+
+
+def build_exporters(settings: Settings) -> list[GuardedExporter]:
+    """Build one guarded exporter for each name in ``OTEL_TRACES_EXPORTER``."""
+    exporters = []
+    for name in settings.traces_exporters:
+        if name == "otlp":
+            factory = _otlp_factory(settings.otlp_protocol)
+        else:
+            factory = ConsoleSpanExporter
+        exporters.append(GuardedExporter(factory, name))
+
+    return exporters
+
+
+def quiet_exporter_loggers() -> None:
+    """Rate-limit the SDK's and exporter's own repeated warnings."""
+    limit = RateLimitFilter()
+    for name in _NOISY_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, RateLimitFilter) for existing in logger.filters):
+            logger.addFilter(limit)

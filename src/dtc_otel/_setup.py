@@ -1,0 +1,106 @@
+"""Build the tracer provider and logging for one process from :class:`Settings`.
+
+Both the auto-instrumentation configurator and :func:`dtc_otel.configure`
+call :func:`configure`; a second call in the same process does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import uuid
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from dtc_otel import _lifecycle, _logs, _ratelimit
+from dtc_otel._config import ConfigError, Settings, load_settings
+from dtc_otel._export import build_exporters, quiet_exporter_loggers
+from dtc_otel._service_name import default_service_name
+from dtc_otel._version import __version__
+
+__all__ = ["configure", "current_settings"]
+
+_logger = logging.getLogger("dtc_otel")
+
+
+class _State:
+    """The process-wide state of dtc-otel: set once by :func:`configure`."""
+
+    settings: Settings | None = None
+    provider: TracerProvider | None = None
+
+
+_state = _State()
+
+
+def current_settings() -> Settings:
+    """Return the settings in force, loading them from the environment if needed."""
+    if _state.settings is None:
+        try:
+            _state.settings = load_settings()
+        except ConfigError as exc:
+            _logger.error("dtc-otel is not active: %s", exc)
+            _state.settings = Settings(disabled=True)
+
+    return _state.settings
+
+
+def _resource(settings: Settings) -> Resource:
+    attributes: dict[str, object] = {
+        "telemetry.distro.name": "dtc-otel",
+        "telemetry.distro.version": __version__,
+        "process.pid": os.getpid(),
+    }
+    if not settings.service_name:
+        attributes["service.name"] = default_service_name(sys.argv)
+    if "service.instance.id" not in settings.resource_attributes:
+        attributes["service.instance.id"] = str(uuid.uuid4())
+
+    # Resource.create merges OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME,
+    # which win over the defaults above except where noted.
+    return Resource.create(attributes)  # type: ignore[arg-type]
+
+
+def configure(settings: Settings | None = None) -> TracerProvider | None:
+    """Set up tracing, export and log correlation for this process.
+
+    Returns the tracer provider, or ``None`` when dtc-otel is disabled.
+
+    Raises:
+        ConfigError: an environment variable has an invalid value.
+    """
+    if _state.provider is not None:
+        return _state.provider
+
+    settings = settings or load_settings()
+    _state.settings = settings
+    if settings.disabled:
+        return None
+
+    _ratelimit.set_interval(settings.export_warning_interval)
+    if settings.configure_logging:
+        _logs.configure_logging(log_format=settings.log_format, log_level=settings.log_level)
+    quiet_exporter_loggers()
+
+    # The SDK's own exit hook could wait for a retrying exporter far longer
+    # than a supervisor allows, so the bounded one in _lifecycle replaces it.
+    provider = TracerProvider(resource=_resource(settings), shutdown_on_exit=False)
+    exporters = build_exporters(settings)
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    _state.provider = provider
+
+    _lifecycle.install(
+        provider,
+        timeout=settings.shutdown_timeout,
+        after_fork=[exporter.reset_after_fork for exporter in exporters],
+        owns_instance_id="service.instance.id" not in settings.resource_attributes,
+    )
+    _logger.debug("dtc-otel configured: %r", settings)
+
+    return provider
