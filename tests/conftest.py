@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -154,6 +155,9 @@ def _admin_url() -> str:
 def postgres_admin_url() -> Iterator[str]:
     """A PostgreSQL server URL: DTC_OTEL_TEST_DATABASE_URL, the local server, or an embedded one."""
     url = _admin_url()
+    if os.environ.get("DTC_OTEL_TEST_EMBEDDED") == "1":
+        yield from _embedded_postgres()
+        return
     try:
         psycopg.connect(url, connect_timeout=3).close()
     except psycopg.OperationalError:
@@ -177,7 +181,6 @@ def database_url(postgres_admin_url: str) -> Iterator[str]:
     name = f"dtc_otel_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    base = postgres_admin_url.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
+    yield urlsplit(postgres_admin_url)._replace(path=f"/{name}").geturl()
     with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -50,7 +50,8 @@ def _check_request_trace(receiver: OTLPReceiver, launched, *, with_database: boo
         assert queries, "no psycopg span below the server span"
         statement = queries[0].attributes.get("db.statement") or queries[0].attributes.get("db.query.text")
         assert "SELECT" in statement
-        assert "41" not in str(queries[0].attributes), "a parameter value was exported"
+        parameters = [key for key in queries[0].attributes if "parameter" in key]
+        assert not parameters, f"parameter values were exported: {parameters}"
 
     access = [line for line in lines if line.get("logger") == "uvicorn.access" and line.get("http_path") == "/hello"]
     assert access, "uvicorn's access line did not go through the shared chain"

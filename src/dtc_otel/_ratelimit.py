@@ -85,7 +85,7 @@ def log_once_per_interval(
             extra["error"] = str(error)[:200]
         logger.debug(message, exc_info=True)
     suffix = "".join(f" {key}={value}" for key, value in extra.items())
-    logger.log(level, message + suffix, extra={"dtc_otel": extra})
+    logger.log(level, (message + suffix).replace("%", "%%"))
 
 
 class RateLimitFilter(logging.Filter):

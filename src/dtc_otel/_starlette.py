@@ -66,6 +66,7 @@ class ServerSpanMiddleware:
             return
 
         status_code = 0
+        error_type = None
 
         async def send_with_status(message: Message) -> None:
             nonlocal status_code
@@ -76,15 +77,15 @@ class ServerSpanMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         except BaseException as exc:
+            error_type = type(exc).__qualname__
             span.record_exception(exc)
-            span.set_attribute("error.type", type(exc).__qualname__)
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__qualname__}"))
+            span.set_status(Status(StatusCode.ERROR, error_type))
             if not status_code:
                 status_code = 500
             raise
         finally:
             try:
-                self._finish(span, scope, status_code)
+                self._finish(span, scope, status_code, error_type)
             finally:
                 context.detach(token)
 
@@ -141,7 +142,7 @@ class ServerSpanMiddleware:
         return span, token
 
     @staticmethod
-    def _finish(span: trace.Span, scope: Scope, status_code: int) -> None:
+    def _finish(span: trace.Span, scope: Scope, status_code: int, error_type: str | None) -> None:
         route = _route_template(scope)
         method = scope["method"]
         if route:
@@ -149,9 +150,11 @@ class ServerSpanMiddleware:
             span.update_name(f"{method if method in _KNOWN_METHODS else 'HTTP'} {route}")
         if status_code:
             span.set_attribute("http.response.status_code", status_code)
-            if status_code >= 500:
-                span.set_attribute("error.type", str(status_code))
+            if status_code >= 500 and error_type is None:
+                error_type = str(status_code)
                 span.set_status(Status(StatusCode.ERROR))
+        if error_type is not None:
+            span.set_attribute("error.type", error_type)
         span.end()
 
 

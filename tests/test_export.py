@@ -1,0 +1,95 @@
+"""Export failures never hurt the app: collector down, collector back, SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import httpx
+
+from dtc_otel._receiver import OTLPReceiver
+from tests.conftest import free_port, wait_http
+
+
+def test_collector_down_requests_succeed_and_warnings_are_few(launch) -> None:
+    """With nothing listening on the OTLP port, every request succeeds and warnings stay rate-limited."""
+    port = free_port()
+    app = launch(
+        ["python", "svc.py"],
+        PORT=str(port),
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{free_port()}",
+        OTEL_EXPORTER_OTLP_TIMEOUT="1",
+    )
+    wait_http(f"http://127.0.0.1:{port}/pong")
+
+    statuses = [httpx.get(f"http://127.0.0.1:{port}/hello", timeout=5).status_code for _ in range(60)]
+    time.sleep(2.0)
+
+    assert statuses == [200] * 60
+    output = app.output()
+    assert "Traceback" not in output
+    export_lines = [line for line in app.lines if "export" in line.lower() and "hello" not in line]
+    assert 1 <= len(export_lines) <= 6, "\n".join(export_lines)
+
+
+def test_export_resumes_when_collector_returns(launch) -> None:
+    """Spans made while the collector was down are not needed, but later ones arrive once it is back."""
+    otlp_port = free_port()
+    port = free_port()
+    app = launch(
+        ["python", "svc.py"],
+        PORT=str(port),
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{otlp_port}",
+        OTEL_EXPORTER_OTLP_TIMEOUT="1",
+    )
+    wait_http(f"http://127.0.0.1:{port}/pong")
+    httpx.get(f"http://127.0.0.1:{port}/pong")
+    time.sleep(1.5)
+
+    with OTLPReceiver(otlp_port) as collector:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(
+            s.attributes.get("http.route") == "/hello" for s in collector.spans
+        ):
+            httpx.get(f"http://127.0.0.1:{port}/hello")
+            time.sleep(0.5)
+
+        assert any(s.attributes.get("http.route") == "/hello" for s in collector.spans)
+    app.wait_for_line("span export resumed")
+
+
+def test_sigterm_with_collector_down_exits_in_bounded_time(launch) -> None:
+    """SIGTERM with the collector unreachable: the process exits within the shutdown timeout plus slack."""
+    port = free_port()
+    app = launch(
+        ["python", "svc.py"],
+        PORT=str(port),
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{free_port()}",
+        OTEL_BSP_SCHEDULE_DELAY="60000",
+        DTC_OTEL_SHUTDOWN_TIMEOUT="2",
+    )
+    wait_http(f"http://127.0.0.1:{port}/pong")
+    httpx.get(f"http://127.0.0.1:{port}/hello")
+
+    started = time.monotonic()
+    app.signal(signal.SIGTERM)
+    app.process.wait(20)
+    elapsed = time.monotonic() - started
+
+    # 2 s of flush budget plus uvicorn's own graceful shutdown; the
+    # exporter's default timeout alone would be 10 s.
+    assert elapsed < 8, f"exit took {elapsed:.1f} s"
+
+
+def test_sigterm_flushes_last_request(launch, receiver) -> None:
+    """The spans of a request served just before SIGTERM are exported during shutdown."""
+    port = free_port()
+    app = launch(["python", "svc.py"], PORT=str(port), OTEL_BSP_SCHEDULE_DELAY="60000")
+    wait_http(f"http://127.0.0.1:{port}/pong")
+
+    httpx.get(f"http://127.0.0.1:{port}/hello")
+    assert not any(s.attributes.get("http.route") == "/hello" for s in receiver.spans)
+    app.signal(signal.SIGTERM)
+    app.process.wait(20)
+
+    assert any(s.attributes.get("http.route") == "/hello" for s in receiver.spans)
