@@ -62,8 +62,8 @@ def run(argv: Sequence[str] | None = None) -> None:
 
     from opentelemetry.instrumentation.auto_instrumentation import run as bootstrap_run
 
-    # The bootstrap parses its own options before COMMAND; "--" keeps an
-    # app option that starts with "--" from being read as one of them.
+    # The bootstrap reads its own options only before COMMAND, so every
+    # argument after it reaches the program unchanged.
     sys.argv = ["dtc-otel-run", *args]
     bootstrap_run()
 

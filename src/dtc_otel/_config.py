@@ -189,7 +189,7 @@ def _exporters(env: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def _protocol(env: Mapping[str, str]) -> str:
-    # The per-signal variable wins over the general one, as the specification says.
+    # The per-signal variable wins over the general one, as the OpenTelemetry specification requires.
     for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
         raw = env.get(name)
         if raw is None or not raw.strip():

@@ -29,9 +29,9 @@ class DtcDistro(BaseDistro):  # type: ignore[misc]
     """Load installed instrumentors with dtc-otel's options."""
 
     def _configure(self, **kwargs: Any) -> None:
-        # Upstream instrumentations emit the old HTTP attribute names unless
-        # told otherwise; the stable names match the server spans of
-        # _starlette.py, so one query works for both sides of a call.
+        # Upstream instrumentations emit the old HTTP attribute names by
+        # default. The stable names match the server spans of _starlette.py,
+        # so one query works for both sides of a call.
         os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
 
     def load_instrumentor(self, entry_point: Any, **kwargs: Any) -> None:
@@ -52,9 +52,9 @@ class DtcConfigurator(_BaseConfigurator):
     """Build the tracer provider, exporters and logging from the environment."""
 
     def _configure(self, **kwargs: Any) -> None:
-        # dtc-otel-run checks the settings before starting the program, so an
-        # invalid value is found here only when the bootstrap was started
-        # another way; current_settings() then logs it and disables dtc-otel.
+        # dtc-otel-run checks the settings before starting the program. An
+        # invalid value reaches this point only when the bootstrap was started
+        # another way, and current_settings() then logs it and disables dtc-otel.
         settings = _setup.current_settings()
         if not settings.disabled:
             _setup.configure(settings)

@@ -3,7 +3,7 @@
 The OTLP exporter runs on the batch processor's worker thread, never on the
 request path. :class:`GuardedExporter` keeps its failures from reaching the
 app: an exception becomes a failed export, repeated warnings are rate-limited,
-and a line says when export works again.
+and one line reports when export works again.
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ def install(
     atexit.register(_lifecycle.shutdown)
     os.register_at_fork(after_in_child=_lifecycle.reinit_after_fork)
 
-    # Only where nobody handles SIGTERM yet: servers such as uvicorn install
+    # Only where no SIGTERM handler is installed yet: servers such as uvicorn install
     # their own handler, shut down gracefully, then re-raise the signal, which
     # lands here and flushes.
     if threading.current_thread() is threading.main_thread():

@@ -120,10 +120,10 @@ def stdlib_formatter() -> logging.Formatter | None:
 def configure_logging(*, log_format: str, log_level: str) -> None:
     """Route structlog and stdlib logging through one chain with trace IDs.
 
-    The app's own setup is respected: a root logger that already has handlers
+    The app's own setup is respected. A root logger that already has handlers
     is left alone, and structlog is configured only when the app has not done
-    so itself (a later ``structlog.configure`` call from the app keeps its own
-    processors and gains :func:`add_trace_ids`).
+    so itself. A later ``structlog.configure`` call from the app keeps its own
+    processors and gains :func:`add_trace_ids`.
     """
     renderer = _renderer(log_format)
     shared = _shared_processors()

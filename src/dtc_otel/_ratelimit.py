@@ -2,7 +2,7 @@
 
 When the collector is down, the exporter fails every few seconds for as long
 as the outage lasts. Each failure is counted, but only the first one in an
-interval is logged; the next line says how many were held back. Tracebacks
+interval is logged, and the next line reports how many were held back. Tracebacks
 are dropped from these lines because the same one repeated is noise.
 """
 

@@ -44,15 +44,15 @@ class ReceivedSpan:
 
 
 def _value(value: AnyValue) -> Any:
-    which = value.WhichOneof("value")
-    if which == "array_value":
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
         return [_value(item) for item in value.array_value.values]
-    if which == "kvlist_value":
+    if kind == "kvlist_value":
         return {item.key: _value(item.value) for item in value.kvlist_value.values}
-    if which is None:
+    if kind is None:
         return None
 
-    return getattr(value, which)
+    return getattr(value, kind)
 
 
 def decode_request(body: bytes) -> list[ReceivedSpan]:

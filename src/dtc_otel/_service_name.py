@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 __all__ = ["default_service_name"]
 
-# Module and file names that say nothing about the service.
+# Module and file names too generic to name a service.
 _GENERIC = frozenset({"app", "main", "asgi", "wsgi", "server", "application", "api", "__main__", "run"})
 _PYTHON = re.compile(r"^python(\d+(\.\d+)?)?$")
 _APP_REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.()]*$")
