@@ -33,9 +33,14 @@ def discounted_amount_cents(quote: db.Quote) -> int:
 
 
 def partner_failure_response(exc: PartnerError, **log_fields: object) -> JSONResponse:
-    """Log a failed partner call and return the 502 response for the portal's caller."""
-    log.warning(
-        "partner call failed",
+    """Log the business outcome of a failed partner call and return the 502 for the portal's caller.
+
+    The call itself (partner, status, both request IDs, duration) is logged by
+    dtc-otel when the app runs under dtc-otel-run; this line adds what the
+    portal decided.
+    """
+    log.info(
+        "partner error returned to caller",
         operation=exc.operation,
         partner_status=exc.status_code,
         partner_request_id=exc.partner_request_id,

@@ -7,8 +7,10 @@ Run an unmodified app with ``dtc-otel-run python app.py``, or call
 from __future__ import annotations
 
 from dtc_otel._config import ConfigError, Settings, load_settings
+from dtc_otel._entities import bind, bound, bound_entities, unbind
 from dtc_otel._lifecycle import shutdown
 from dtc_otel._logs import add_trace_ids
+from dtc_otel._request_id import current_request_id
 from dtc_otel._setup import configure
 from dtc_otel._version import __version__
 
@@ -17,11 +19,18 @@ __all__ = [
     "Settings",
     "__version__",
     "add_trace_ids",
+    "bind",
+    "bound",
+    "bound_entities",
     "configure",
+    "current_request_id",
     "load_settings",
     "shutdown",
+    "unbind",
 ]
 
-for _name in ("ConfigError", "Settings", "add_trace_ids", "configure", "load_settings", "shutdown"):
+for _name in __all__:
+    if _name == "__version__":
+        continue
     globals()[_name].__module__ = "dtc_otel"
 del _name

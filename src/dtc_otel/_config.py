@@ -31,9 +31,34 @@ DTC_OTEL_EXPORT_WARNING_INTERVAL = "DTC_OTEL_EXPORT_WARNING_INTERVAL"
 DTC_OTEL_DATABASE_URL = "DTC_OTEL_DATABASE_URL"
 DTC_OTEL_CAPTURE_SQL_PARAMETERS = "DTC_OTEL_CAPTURE_SQL_PARAMETERS"
 DTC_OTEL_SQLCOMMENTER = "DTC_OTEL_SQLCOMMENTER"
+DTC_OTEL_REQUEST_ID_HEADERS = "DTC_OTEL_REQUEST_ID_HEADERS"
+DTC_OTEL_RESPONSE_ID_HEADER = "DTC_OTEL_RESPONSE_ID_HEADER"
+DTC_OTEL_OUTBOUND_ID_HEADER = "DTC_OTEL_OUTBOUND_ID_HEADER"
+DTC_OTEL_UNTRUSTED_PATHS = "DTC_OTEL_UNTRUSTED_PATHS"
+DTC_OTEL_PROPAGATE_HOSTS = "DTC_OTEL_PROPAGATE_HOSTS"
+DTC_OTEL_NO_PROPAGATE_HOSTS = "DTC_OTEL_NO_PROPAGATE_HOSTS"
+DTC_OTEL_PARTNER_REQUEST_ID_HEADERS = "DTC_OTEL_PARTNER_REQUEST_ID_HEADERS"
+DTC_OTEL_PARTNERS = "DTC_OTEL_PARTNERS"
+DTC_OTEL_BAGGAGE_KEYS = "DTC_OTEL_BAGGAGE_KEYS"
 
 _DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 _DEFAULT_EXPORT_WARNING_INTERVAL = 60.0
+_DEFAULT_REQUEST_ID_HEADERS = ("x-request-id", "x-correlation-id")
+# Response headers in which common vendors return their own request ID.
+_DEFAULT_PARTNER_REQUEST_ID_HEADERS = (
+    "x-request-id",
+    "request-id",
+    "x-amzn-requestid",
+    "x-amz-request-id",
+    "x-ms-request-id",
+    "x-github-request-id",
+    "cf-ray",
+    "x-correlation-id",
+    "x-trace-id",
+)
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_HOST_PATTERN = re.compile(r"^[A-Za-z0-9*?.:\[\]-]+$")
+_ENTITY_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -76,6 +101,15 @@ class Settings:
     traces_exporters: tuple[str, ...] = ("otlp",)
     otlp_protocol: str = "http/protobuf"
     resource_attributes: Mapping[str, str] = field(default_factory=dict)
+    request_id_headers: tuple[str, ...] = _DEFAULT_REQUEST_ID_HEADERS
+    response_id_header: str | None = "x-request-id"
+    outbound_id_header: str | None = "x-request-id"
+    untrusted_paths: tuple[str, ...] = ()
+    propagate_hosts: tuple[str, ...] = ()
+    no_propagate_hosts: tuple[str, ...] = ()
+    partner_request_id_headers: tuple[str, ...] = _DEFAULT_PARTNER_REQUEST_ID_HEADERS
+    partners: tuple[tuple[str, str], ...] = ()
+    baggage_keys: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:
         # The database URL may carry a password; never print it.
@@ -121,6 +155,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         traces_exporters=_exporters(env),
         otlp_protocol=_protocol(env),
         resource_attributes=resource_attributes,
+        request_id_headers=_header_list(env, DTC_OTEL_REQUEST_ID_HEADERS, _DEFAULT_REQUEST_ID_HEADERS),
+        response_id_header=_optional_header(env, DTC_OTEL_RESPONSE_ID_HEADER, "x-request-id"),
+        outbound_id_header=_optional_header(env, DTC_OTEL_OUTBOUND_ID_HEADER, "x-request-id"),
+        untrusted_paths=_paths(env),
+        propagate_hosts=_hosts(env, DTC_OTEL_PROPAGATE_HOSTS),
+        no_propagate_hosts=_hosts(env, DTC_OTEL_NO_PROPAGATE_HOSTS),
+        partner_request_id_headers=_header_list(
+            env, DTC_OTEL_PARTNER_REQUEST_ID_HEADERS, _DEFAULT_PARTNER_REQUEST_ID_HEADERS
+        ),
+        partners=_partners(env),
+        baggage_keys=_entity_keys(env),
     )
 
 
@@ -281,3 +326,79 @@ def _mask_url_password(url: str) -> str:
     netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
 
     return parts._replace(netloc=netloc).geturl()
+
+
+def _items(env: Mapping[str, str], name: str) -> list[str] | None:
+    raw = env.get(name)
+    if raw is None:
+        return None
+
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def _header_list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    items = _items(env, name)
+    if items is None:
+        return default
+
+    for item in items:
+        if not _HEADER_NAME.match(item):
+            raise _invalid(name, env[name], "comma-separated HTTP header names, such as x-request-id,request-id")
+
+    return tuple(item.lower() for item in items)
+
+
+def _optional_header(env: Mapping[str, str], name: str, default: str) -> str | None:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    if not raw.strip():
+        # Set but empty: the header is turned off.
+        return None
+    if not _HEADER_NAME.match(raw.strip()):
+        raise _invalid(name, raw, "one HTTP header name, such as X-Request-ID, or empty to turn it off")
+
+    return raw.strip().lower()
+
+
+def _paths(env: Mapping[str, str]) -> tuple[str, ...]:
+    items = _items(env, DTC_OTEL_UNTRUSTED_PATHS) or []
+    for item in items:
+        if item != "*" and not item.startswith("/"):
+            raise _invalid(
+                DTC_OTEL_UNTRUSTED_PATHS, env[DTC_OTEL_UNTRUSTED_PATHS], "'*' or path prefixes starting with '/', such as /public,/webhooks"
+            )
+
+    return tuple(items)
+
+
+def _hosts(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    items = _items(env, name) or []
+    for item in items:
+        if not _HOST_PATTERN.match(item):
+            raise _invalid(name, env[name], "comma-separated host names or patterns, such as api.example.com,*.partner.io")
+
+    return tuple(item.lower() for item in items)
+
+
+def _partners(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    items = _items(env, DTC_OTEL_PARTNERS) or []
+    partners = []
+    for item in items:
+        partner, _, pattern = item.partition("=")
+        if not partner.strip() or not pattern.strip() or not _HOST_PATTERN.match(pattern.strip()):
+            raise _invalid(
+                DTC_OTEL_PARTNERS, env[DTC_OTEL_PARTNERS], "comma-separated name=host-pattern pairs, such as halo=*.halopsa.com"
+            )
+        partners.append((partner.strip(), pattern.strip().lower()))
+
+    return tuple(partners)
+
+
+def _entity_keys(env: Mapping[str, str]) -> frozenset[str]:
+    items = _items(env, DTC_OTEL_BAGGAGE_KEYS) or []
+    for item in items:
+        if not _ENTITY_KEY.match(item):
+            raise _invalid(DTC_OTEL_BAGGAGE_KEYS, env[DTC_OTEL_BAGGAGE_KEYS], "comma-separated entity keys, such as customer_id,quote_id")
+
+    return frozenset(items)

@@ -15,6 +15,7 @@ from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr
 from opentelemetry.sdk._configuration import _BaseConfigurator
 
 from dtc_otel import _setup
+from dtc_otel._propagation import httpx_hooks
 
 __all__ = ["DtcConfigurator", "DtcDistro"]
 
@@ -40,6 +41,8 @@ class DtcDistro(BaseDistro):  # type: ignore[misc]
             _logger.debug("instrumentor %s not loaded", entry_point.name)
             return
 
+        if entry_point.name == "httpx":
+            kwargs.update(httpx_hooks())
         if entry_point.name == "psycopg":
             kwargs["enable_commenter"] = settings.sqlcommenter
             kwargs["capture_parameters"] = settings.capture_sql_parameters

@@ -54,16 +54,25 @@ def add_trace_ids(
 _ACCESS_LINE = re.compile(r'^(?P<client>\S+) - "(?P<method>\S+) (?P<path>\S+) HTTP/(?P<version>[\d.]+)" (?P<status>\d{3})')
 
 
+_QUERY = re.compile(r"\?[^\s\"]*")
+
+
 def _server_fields(
     logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """Tidy uvicorn's lines: access lines become fields, without the query string.
+    """Tidy library lines: uvicorn's access lines become fields, and query strings go.
 
     A query string can carry tokens and signatures, so it is dropped from both
     the fields and the message. The ANSI ``color_message`` copy is dropped too.
     """
     record = event_dict.get("_record")
-    if record is None or not record.name.startswith("uvicorn"):
+    if record is None:
+        return event_dict
+    if record.name == "httpx":
+        # httpx logs every request's full URL; a query string can carry tokens.
+        event_dict["event"] = _QUERY.sub("", str(event_dict.get("event", "")))
+        return event_dict
+    if not record.name.startswith("uvicorn"):
         return event_dict
 
     event_dict.pop("color_message", None)

@@ -11,14 +11,16 @@ import os
 import sys
 import uuid
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from dtc_otel import _lifecycle, _logs, _ratelimit
+from dtc_otel import _lifecycle, _logs, _partners, _ratelimit
 from dtc_otel._config import ConfigError, Settings, load_settings
+from dtc_otel._entities import EntitySpanProcessor
 from dtc_otel._export import build_exporters, quiet_exporter_loggers
+from dtc_otel._propagation import DtcPropagator
 from dtc_otel._service_name import default_service_name
 from dtc_otel._version import __version__
 
@@ -89,10 +91,14 @@ def configure(settings: Settings | None = None) -> TracerProvider | None:
     # The SDK's own exit hook could wait for a retrying exporter far longer
     # than a supervisor allows, so the bounded one in _lifecycle replaces it.
     provider = TracerProvider(resource=_resource(settings), shutdown_on_exit=False)
+    # Entity IDs go on at span start, before any exporter sees the span.
+    provider.add_span_processor(EntitySpanProcessor())
     exporters = build_exporters(settings)
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    propagate.set_global_textmap(DtcPropagator(propagate.get_global_textmap(), settings))
+    _partners.configure(settings)
     _state.provider = provider
 
     _lifecycle.install(

@@ -12,14 +12,22 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from typing import Any
 
-from opentelemetry import context, propagate, trace
+import structlog
+from opentelemetry import baggage, context, propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from dtc_otel._config import Settings
+from dtc_otel._entities import bind_for_request, reset_request_entities
+from dtc_otel._partners import sanitize_partner_value
 from dtc_otel._ratelimit import log_once_per_interval
+from dtc_otel._request_id import check_request_id, request_id_var
+from dtc_otel._setup import current_settings
 
 __all__ = ["ServerSpanMiddleware", "StarletteServerInstrumentor"]
 
@@ -46,12 +54,24 @@ class ServerSpanMiddleware:
 
     The span is current while the app runs, so every log line, outbound call
     and database query of the request joins its trace. An exception from the
-    app is recorded on the span and then re-raised unchanged.
+    app is recorded on the span and then re-raised unchanged. Every response,
+    error pages included, carries the trace ID in the correlation header and a
+    W3C ``traceresponse`` header.
     """
 
-    def __init__(self, app: ASGIApp, tracer_provider: trace.TracerProvider | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        tracer_provider: trace.TracerProvider | None = None,
+        settings: Settings | None = None,
+    ) -> None:
         self.app = app
         self._tracer = trace.get_tracer("dtc_otel.starlette", tracer_provider=tracer_provider)
+        settings = settings or current_settings()
+        self._request_id_headers = frozenset(name.encode("latin-1") for name in settings.request_id_headers)
+        self._response_header = settings.response_id_header.encode("latin-1") if settings.response_id_header else None
+        self._untrusted_paths = settings.untrusted_paths
+        self._baggage_keys = settings.baggage_keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or SCOPE_SPAN_KEY in scope:
@@ -59,7 +79,7 @@ class ServerSpanMiddleware:
             return
 
         try:
-            span, token = self._start(scope)
+            span, tokens = self._start(scope)
         except Exception:  # noqa: BLE001 - a tracing failure must not fail the request
             log_once_per_interval(_logger, "could not start the server span", exc_info=True)
             await self.app(scope, receive, send)
@@ -67,11 +87,14 @@ class ServerSpanMiddleware:
 
         status_code = 0
         error_type = None
+        response_headers = self._response_headers(span)
 
         async def send_with_status(message: Message) -> None:
             nonlocal status_code
             if message["type"] == "http.response.start":
                 status_code = message["status"]
+                if response_headers:
+                    message["headers"] = _add_headers(message.get("headers", ()), response_headers)
             await send(message)
 
         try:
@@ -87,12 +110,33 @@ class ServerSpanMiddleware:
             try:
                 self._finish(span, scope, status_code, error_type)
             finally:
-                context.detach(token)
+                _reset(tokens)
 
-    def _start(self, scope: Scope) -> tuple[trace.Span, object]:
+    def _response_headers(self, span: trace.Span) -> list[tuple[bytes, bytes]]:
+        span_context = span.get_span_context()
+        if not span_context.is_valid:
+            return []
+
+        trace_id = format(span_context.trace_id, "032x").encode("ascii")
+        headers = [
+            (
+                b"traceresponse",
+                b"00-%s-%s-%02x" % (trace_id, format(span_context.span_id, "016x").encode("ascii"), span_context.trace_flags),
+            )
+        ]
+        if self._response_header:
+            headers.append((self._response_header, trace_id))
+
+        return headers
+
+    def _untrusted(self, path: str) -> bool:
+        return any(prefix == "*" or path.startswith(prefix) for prefix in self._untrusted_paths)
+
+    def _start(self, scope: Scope) -> tuple[trace.Span, _Tokens]:
         carrier: dict[str, str] | None = None
         user_agent = None
         host = None
+        inbound_request_id = None
         for key, value in scope["headers"]:
             if key in _CONTEXT_HEADERS:
                 if carrier is None:
@@ -102,8 +146,8 @@ class ServerSpanMiddleware:
                 user_agent = value.decode("latin-1")
             elif key == b"host":
                 host = value.decode("latin-1")
-
-        parent = propagate.extract(carrier) if carrier else None
+            elif key in self._request_id_headers and inbound_request_id is None:
+                inbound_request_id = value.decode("latin-1")
 
         method = scope["method"]
         attributes: dict[str, Any] = {
@@ -130,16 +174,55 @@ class ServerSpanMiddleware:
         if user_agent:
             attributes["user_agent.original"] = user_agent
 
+        parent = propagate.extract(carrier) if carrier else None
+        links = None
+        if parent is not None and self._untrusted_paths and self._untrusted(scope["path"]):
+            # A public caller's trace context is kept as a link, not a parent,
+            # so outsiders cannot pick our trace IDs or sampling decisions.
+            caller = trace.get_current_span(parent).get_span_context()
+            links = [trace.Link(caller)] if caller.is_valid else None
+            parent = None
+
         span = self._tracer.start_span(
             attributes["http.request.method"] if method in _KNOWN_METHODS else "HTTP",
             context=parent,
             kind=SpanKind.SERVER,
             attributes=attributes,
+            links=links,
         )
         scope[SCOPE_SPAN_KEY] = span
-        token = context.attach(trace.set_span_in_context(span, parent))
+        tokens = _Tokens(context.attach(trace.set_span_in_context(span, parent)))
 
-        return span, token
+        if inbound_request_id is not None:
+            self._bind_request_id(span, inbound_request_id, tokens)
+        if parent is not None and self._baggage_keys:
+            self._bind_baggage_entities(parent, tokens)
+
+        return span, tokens
+
+    @staticmethod
+    def _bind_request_id(span: trace.Span, value: str, tokens: _Tokens) -> None:
+        problem = check_request_id(value)
+        if problem is not None:
+            # The raw value stays out of the log: it may carry injected lines.
+            log_once_per_interval(_logger, "inbound request ID replaced by the trace ID", reason=problem)
+            span.set_attribute("dtc.request_id_replaced", problem)
+            span_context = span.get_span_context()
+            value = format(span_context.trace_id, "032x") if span_context.is_valid else uuid.uuid4().hex
+
+        span.set_attribute("request_id", value)
+        tokens.request_id = request_id_var.set(value)
+        tokens.log = structlog.contextvars.bind_contextvars(request_id=value)
+
+    @staticmethod
+    def _bind_baggage_entities(parent: Context, tokens: _Tokens) -> None:
+        entities = {
+            key: sanitize_partner_value(str(value))
+            for key, value in baggage.get_all(parent).items()
+            if key in current_settings().baggage_keys
+        }
+        if entities:
+            tokens.entities = bind_for_request(entities)
 
     @staticmethod
     def _finish(span: trace.Span, scope: Scope, status_code: int, error_type: str | None) -> None:
@@ -156,6 +239,37 @@ class ServerSpanMiddleware:
         if error_type is not None:
             span.set_attribute("error.type", error_type)
         span.end()
+
+
+class _Tokens:
+    """What a request set in context variables, to be reset when it ends."""
+
+    __slots__ = ("context", "entities", "log", "request_id")
+
+    def __init__(self, context_token: object) -> None:
+        self.context = context_token
+        self.request_id: Any = None
+        self.log: Any = None
+        self.entities: Any = None
+
+
+def _reset(tokens: _Tokens) -> None:
+    # Reset in the reverse order of setting, so each token is current when used.
+    if tokens.entities is not None:
+        reset_request_entities(tokens.entities)
+    if tokens.log is not None:
+        structlog.contextvars.reset_contextvars(**tokens.log)
+    if tokens.request_id is not None:
+        request_id_var.reset(tokens.request_id)
+    context.detach(tokens.context)
+
+
+def _add_headers(existing: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    headers = list(existing)
+    present = {key.lower() for key, _ in headers}
+
+    # A header the app set itself wins over ours.
+    return headers + [(key, value) for key, value in extra if key not in present]
 
 
 def _route_template(scope: Scope) -> str | None:

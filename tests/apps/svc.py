@@ -1,8 +1,10 @@
-"""A small unmodified FastAPI service that the launcher tests run under dtc-otel-run.
+"""A small FastAPI service that the tests run under dtc-otel-run.
 
-It never imports dtc_otel: everything the tests check comes from the wrapper.
+Apart from ``dtc_otel.bind`` for entity IDs, it does not use dtc_otel: every
+span, header and log field the tests check comes from the wrapper.
 """
 
+import asyncio
 import logging
 import os
 import sys
@@ -10,8 +12,15 @@ import sys
 import httpx
 import psycopg
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import BackgroundTasks, FastAPI, Request
+from starlette.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
+
+try:
+    from dtc_otel import bind as dtc_otel_bind
+except ImportError:  # the app also runs without dtc-otel installed
+    def dtc_otel_bind(**entities: object) -> None:
+        structlog.contextvars.bind_contextvars(**entities)
 
 log = structlog.get_logger()
 app = FastAPI()
@@ -37,6 +46,18 @@ def _self_url(request: Request, path: str) -> str:
 @app.get("/pong")
 async def pong() -> dict:
     return {"pong": True}
+
+
+@app.get("/ping")
+async def ping() -> dict:
+    return {"ping": True}
+
+
+@app.get("/slow-sql")
+async def slow_sql() -> dict:
+    async with await psycopg.AsyncConnection.connect(os.environ["SVC_DATABASE_URL"]) as conn:
+        await conn.execute("SELECT pg_sleep(1.0)")
+    return {"slept": True}
 
 
 @app.get("/hello")
@@ -76,6 +97,64 @@ async def stream() -> StreamingResponse:
 @app.get("/boom")
 async def boom() -> dict:
     raise RuntimeError("boom for the test")
+
+
+@app.get("/partner/{status}")
+async def call_partner(status: int) -> dict:
+    """Call the partner stub, which answers with *status* and its own request ID."""
+    dtc_otel_bind(quote_id=44)
+    response = await shared_client.get(f"{os.environ['PARTNER_URL']}/status/{status}?token=secret-value")
+    return {"partner_status": response.status_code, "seen": response.json() if response.status_code < 500 else None}
+
+
+@app.get("/partner-down")
+async def partner_down() -> dict:
+    try:
+        await shared_client.get("http://127.0.0.1:9/unreachable")
+    except httpx.TransportError as exc:
+        return {"error": type(exc).__name__}
+    return {"error": None}
+
+
+@app.get("/echo-outbound")
+def echo_outbound() -> dict:
+    """Return the headers the partner stub received from this service, sync style."""
+    return httpx.get(f"{os.environ['PARTNER_URL']}/echo", timeout=5).json()
+
+
+@app.get("/echo-outbound-async")
+async def echo_outbound_async(host: str = "127.0.0.1") -> dict:
+    base = os.environ["PARTNER_URL"].replace("127.0.0.1", host)
+    return (await shared_client.get(f"{base}/echo")).json()
+
+
+@app.get("/entity/{quote_id}")
+async def entity(quote_id: int, background: BackgroundTasks) -> StreamingResponse:
+    """Bind quote_id, then log from a thread, a task, a background task and a stream."""
+    dtc_otel_bind(quote_id=quote_id)
+    log.info("entity bound")
+    await asyncio.sleep(0.05)
+
+    def in_thread() -> None:
+        log.info("entity in thread")
+
+    await run_in_threadpool(in_thread)
+
+    async def in_task() -> None:
+        await asyncio.sleep(0.01)
+        log.info("entity in task")
+
+    await asyncio.create_task(in_task())
+    background.add_task(lambda: log.info("entity in background"))
+    outbound = (await shared_client.get(f"{os.environ['PARTNER_URL']}/echo")).json()
+
+    async def chunks():
+        for index in range(3):
+            await asyncio.sleep(0.01)
+            log.info("entity in stream", chunk=index)
+            yield f"{index}\n".encode()
+
+    return StreamingResponse(chunks(), media_type="text/plain", background=background, headers={"x-baggage-seen": outbound.get("baggage", "")})
 
 
 @app.exception_handler(Exception)
