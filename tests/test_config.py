@@ -61,6 +61,12 @@ INVALID = [
     ("DTC_OTEL_LOG_LEVEL", "LOUD", "DEBUG, INFO"),
     ("DTC_OTEL_DISABLED", "maybe", "true, false"),
     ("DTC_OTEL_DATABASE_URL", "mysql://db/app", "postgresql://"),
+    ("OTEL_BSP_MAX_QUEUE_SIZE", "-1", "positive whole number"),
+    ("OTEL_BSP_SCHEDULE_DELAY", "soon", "positive whole number"),
+    ("DTC_OTEL_UNTRUSTED_PATHS", "public", "path prefixes starting with '/'"),
+    ("DTC_OTEL_PARTNERS", "halo", "name=host-pattern"),
+    ("DTC_OTEL_REQUEST_ID_HEADERS", "x request id", "HTTP header names"),
+    ("DTC_OTEL_BAGGAGE_KEYS", "quote-id", "entity keys"),
 ]
 
 
@@ -118,6 +124,21 @@ def test_wrapper_fails_fast_on_invalid_value() -> None:
     assert "otlp, console, none" in result.stderr
 
 
+def test_wrapper_rejects_grpc_without_package() -> None:
+    """grpc without its exporter package fails before the app starts, naming the package."""
+    result = subprocess.run(
+        [str(BIN / "dtc-otel-run"), "python", "-c", "print('started')"],
+        env={"PATH": str(BIN), "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert result.returncode == 2
+    assert "started" not in result.stdout
+    assert "opentelemetry-exporter-otlp-proto-grpc" in result.stderr
+
+
 def test_wrapper_reports_unknown_command() -> None:
     """A command that is not on PATH gets a clear error, not a traceback."""
     result = subprocess.run(
@@ -143,6 +164,8 @@ def test_wrapper_reports_unknown_command() -> None:
         (["python3.11", "worker.py"], "worker"),
         (["python", "-u", "-m", "invoices.worker"], "worker"),
         (["celery"], "celery"),
+        (["uvicorn", "app:app", "--app-dir", "examples/portal"], "portal"),
+        (["gunicorn", "--chdir=services/billing", "app:app"], "billing"),
     ],
 )
 def test_default_service_name_from_command(argv: list[str], expected: str) -> None:

@@ -93,3 +93,26 @@ def test_sigterm_flushes_last_request(launch, receiver) -> None:
     app.process.wait(20)
 
     assert any(s.attributes.get("http.route") == "/hello" for s in receiver.spans)
+
+
+def test_sigterm_with_failing_export_skips_full_wait(launch) -> None:
+    """Once exports are failing, shutdown does not spend the whole timeout on a dead collector."""
+    port = free_port()
+    app = launch(
+        ["python", "svc.py"],
+        PORT=str(port),
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{free_port()}",
+        OTEL_EXPORTER_OTLP_TIMEOUT="1",
+        DTC_OTEL_SHUTDOWN_TIMEOUT="30",
+    )
+    wait_http(f"http://127.0.0.1:{port}/pong")
+    httpx.get(f"http://127.0.0.1:{port}/hello")
+    app.wait_for_line("span export failing", timeout=20)
+    httpx.get(f"http://127.0.0.1:{port}/hello")
+
+    started = time.monotonic()
+    app.signal(signal.SIGTERM)
+    app.process.wait(40)
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 10, f"exit took {elapsed:.1f} s with a 30 s budget"

@@ -110,6 +110,9 @@ def test_catch_all_handler_line_carries_trace_id(launch, receiver) -> None:
     app.wait_for_line("unhandled error")
     line = next(r for r in app.json_lines() if r.get("event") == "unhandled error")
     assert line["trace_id"] == server.trace_id
+    app.wait_for_line("Exception in ASGI application")
+    uvicorn_line = next(r for r in app.json_lines() if str(r.get("event")).startswith("Exception in ASGI application"))
+    assert uvicorn_line["trace_id"] == server.trace_id, "uvicorn's traceback line lost the trace ID"
 
 
 @pytest.mark.parametrize("log_format", ["json", "console"])

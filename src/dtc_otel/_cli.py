@@ -12,6 +12,7 @@ import threading
 from collections.abc import Sequence
 
 from dtc_otel._config import ConfigError, load_settings
+from dtc_otel._export import build_exporters
 from dtc_otel._service_name import default_service_name
 from dtc_otel._version import __version__
 
@@ -48,6 +49,12 @@ def run(argv: Sequence[str] | None = None) -> None:
         print(f"dtc-otel-run: {exc}", file=sys.stderr)
         sys.exit(2)
 
+    try:
+        build_exporters(settings)
+    except ConfigError as exc:
+        print(f"dtc-otel-run: {exc}", file=sys.stderr)
+        sys.exit(2)
+
     if shutil.which(args[0]) is None:
         print(f"dtc-otel-run: command not found: {args[0]!r}; check the name and your PATH", file=sys.stderr)
         sys.exit(127)
@@ -75,7 +82,41 @@ def _cmd_config(_: argparse.Namespace) -> int:
         print(f"dtc-otel: {exc}", file=sys.stderr)
         return 2
 
-    print(repr(settings))
+    environ = os.environ
+    endpoint = (
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or ("http://localhost:4318" if settings.otlp_protocol == "http/protobuf" else "http://localhost:4317")
+    )
+    rows = [
+        ("service.name", settings.service_name or "derived from the command by dtc-otel-run"),
+        ("disabled", settings.disabled),
+        ("traces exporters", ", ".join(settings.traces_exporters) or "none"),
+        ("OTLP protocol", settings.otlp_protocol),
+        ("OTLP endpoint", endpoint),
+        ("OTLP headers", "set (values hidden)" if environ.get("OTEL_EXPORTER_OTLP_HEADERS") else "none"),
+        ("sampler", environ.get("OTEL_TRACES_SAMPLER") or "parentbased_always_on (SDK default)"),
+        ("resource attributes", ", ".join(f"{k}={v}" for k, v in settings.resource_attributes.items()) or "none"),
+        ("disabled instrumentations", environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS") or "none"),
+        ("log format / level", f"{settings.log_format} / {settings.log_level}"),
+        ("configure logging", settings.configure_logging),
+        ("shutdown timeout", f"{settings.shutdown_timeout} s"),
+        ("export warning interval", f"{settings.export_warning_interval} s"),
+        ("SQL parameters captured", settings.capture_sql_parameters),
+        ("sqlcommenter", settings.sqlcommenter),
+        ("inbound request-ID headers", ", ".join(settings.request_id_headers)),
+        ("response correlation header", settings.response_id_header or "off"),
+        ("outbound correlation header", settings.outbound_id_header or "off"),
+        ("untrusted paths", ", ".join(settings.untrusted_paths) or "none"),
+        ("propagate only to", ", ".join(settings.propagate_hosts) or "all hosts"),
+        ("never propagate to", ", ".join(settings.no_propagate_hosts) or "none"),
+        ("partners", ", ".join(f"{name}={pattern}" for name, pattern in settings.partners) or "none"),
+        ("baggage keys", ", ".join(sorted(settings.baggage_keys)) or "none"),
+        ("database", repr(settings).split("database_url=", 1)[1].rstrip(")")),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
 
     return 0
 

@@ -133,6 +133,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     _check_sampler(env)
     _check_otlp_endpoint(env)
+    _check_batch_settings(env)
     for name in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
         _parse_key_values(env, name)
 
@@ -265,6 +266,32 @@ def _check_sampler(env: Mapping[str, str]) -> None:
         ratio = math.nan
     if not 0.0 <= ratio <= 1.0:
         raise _invalid("OTEL_TRACES_SAMPLER_ARG", arg, "a ratio between 0.0 and 1.0, such as 0.25")
+
+
+_BATCH_SETTINGS = (
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_EXPORT_TIMEOUT",
+)
+
+
+def _check_batch_settings(env: Mapping[str, str]) -> None:
+    # The SDK raises on zero or negative values while the app starts, which
+    # would leave the app running uninstrumented, so they are checked here.
+    for name in _BATCH_SETTINGS:
+        raw = env.get(name)
+        if raw is None or not raw.strip():
+            continue
+        if not raw.strip().isdigit() or int(raw) <= 0:
+            raise _invalid(name, raw, "a positive whole number (milliseconds for delays and timeouts)")
+
+    queue = env.get("OTEL_BSP_MAX_QUEUE_SIZE", "").strip()
+    batch = env.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "").strip()
+    if queue.isdigit() and batch.isdigit() and int(batch) > int(queue):
+        raise _invalid(
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", batch, f"a number no larger than OTEL_BSP_MAX_QUEUE_SIZE ({queue})"
+        )
 
 
 def _check_otlp_endpoint(env: Mapping[str, str]) -> None:

@@ -86,6 +86,11 @@ class GuardedExporter(SpanExporter):
         except Exception:  # noqa: BLE001
             return False
 
+    @property
+    def failing(self) -> bool:
+        """Whether the last export failed, as when the collector is down."""
+        return self._failures > 0
+
     def reset_after_fork(self) -> None:
         """Replace the inner exporter with a new one built in this process."""
         self._lock = threading.Lock()

@@ -23,6 +23,8 @@ __all__ = ["install"]
 
 _logger = logging.getLogger("dtc_otel")
 
+_FAILING_EXPORT_WAIT = 1.0
+
 
 class _Lifecycle:
     def __init__(self) -> None:
@@ -31,6 +33,7 @@ class _Lifecycle:
         self.after_fork: list[Callable[[], None]] = []
         # False when the user set service.instance.id themselves.
         self.owns_instance_id = True
+        self.export_failing: Callable[[], bool] = lambda: False
         self._done = threading.Event()
 
     def shutdown(self) -> None:
@@ -40,14 +43,17 @@ class _Lifecycle:
             return
         self._done.set()
 
+        # With the collector already failing, the final export would most
+        # likely fail too, so the process waits one second at most for it.
+        timeout = min(self.timeout, _FAILING_EXPORT_WAIT) if self.export_failing() else self.timeout
         worker = threading.Thread(target=_shutdown_quietly, args=(provider,), name="dtc-otel-shutdown", daemon=True)
         worker.start()
-        worker.join(self.timeout)
+        worker.join(timeout)
         if worker.is_alive():
             _logger.warning(
                 "telemetry flush did not finish within %.1f s; exiting without it "
                 "(set DTC_OTEL_SHUTDOWN_TIMEOUT to wait longer)",
-                self.timeout,
+                timeout,
             )
 
     def on_sigterm(self, signum: int, frame: Any) -> None:
@@ -97,10 +103,12 @@ def install(
     timeout: float,
     after_fork: list[Callable[[], None]],
     owns_instance_id: bool,
+    export_failing: Callable[[], bool] = lambda: False,
 ) -> None:
     """Register the bounded exit flush, the SIGTERM handler and the fork hook for *provider*."""
     _lifecycle.provider = provider
     _lifecycle.owns_instance_id = owns_instance_id
+    _lifecycle.export_failing = export_failing
     _lifecycle.timeout = timeout
     _lifecycle.after_fork = after_fork
 

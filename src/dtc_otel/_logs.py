@@ -75,6 +75,14 @@ def _server_fields(
     if not record.name.startswith("uvicorn"):
         return event_dict
 
+    if "trace_id" not in event_dict and record.exc_info:
+        # uvicorn logs an app's unhandled exception after the request's span
+        # has ended; the middleware left the span's IDs on the exception.
+        span_context = getattr(record.exc_info[1], "__dtc_otel_span_context__", None)
+        if span_context is not None and span_context.is_valid:
+            event_dict["trace_id"] = format(span_context.trace_id, "032x")
+            event_dict["span_id"] = format(span_context.span_id, "016x")
+
     event_dict.pop("color_message", None)
     if record.name != "uvicorn.access":
         return event_dict

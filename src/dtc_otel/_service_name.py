@@ -29,6 +29,16 @@ def _from_dotted(dotted: str, fallback: str) -> str:
     return fallback
 
 
+def _option_value(argv: Sequence[str], option: str) -> str | None:
+    for index, arg in enumerate(argv):
+        if arg == option and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith(option + "="):
+            return arg.split("=", 1)[1]
+
+    return None
+
+
 def default_service_name(argv: Sequence[str], cwd: str | None = None) -> str:
     """Derive a service name from the command line *argv* (command first).
 
@@ -39,6 +49,10 @@ def default_service_name(argv: Sequence[str], cwd: str | None = None) -> str:
     folder = os.path.basename(cwd or os.getcwd())
     if not argv:
         return _clean(folder)
+
+    app_dir = _option_value(argv, "--app-dir") or _option_value(argv, "--chdir")
+    if app_dir:
+        folder = os.path.basename(os.path.normpath(app_dir)) or folder
 
     for arg in argv[1:]:
         if _APP_REFERENCE.match(arg):

@@ -106,6 +106,7 @@ def configure(settings: Settings | None = None) -> TracerProvider | None:
         timeout=settings.shutdown_timeout,
         after_fork=[exporter.reset_after_fork for exporter in exporters],
         owns_instance_id="service.instance.id" not in settings.resource_attributes,
+        export_failing=lambda: any(exporter.failing for exporter in exporters),
     )
     _logger.debug("dtc-otel configured: %r", settings)
 

@@ -10,6 +10,7 @@ as plain ones. docs/benchmarks.md has the numbers.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import uuid
@@ -101,6 +102,10 @@ class ServerSpanMiddleware:
             await self.app(scope, receive, send_with_status)
         except BaseException as exc:
             error_type = type(exc).__qualname__
+            # The server logs this exception after the span has ended;
+            # the log chain reads the IDs from here (see _logs.py).
+            with contextlib.suppress(AttributeError, TypeError):
+                exc.__dtc_otel_span_context__ = span.get_span_context()  # type: ignore[attr-defined]
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, error_type))
             if not status_code:
