@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 import db
 import partner_client
+from entities import bind
 from partner_client import PartnerError
 
 DISCOUNT_PERCENT = {"SPRING10": 10, "PARTNER5": 5}
@@ -82,6 +83,7 @@ async def approve_quote(quote_id: int, request: Request):
     quote = await db.fetch_quote(pool, quote_id)
     if quote is None:
         raise not_found("quote", quote_id)
+    bind(quote_id=quote_id, customer_id=quote.customer_id)
     if quote.status != "pending":
         log.info("quote approval rejected", quote_id=quote_id, customer_id=quote.customer_id, status=quote.status)
         raise HTTPException(status_code=409, detail=f"quote {quote_id} is already {quote.status}")
@@ -126,6 +128,7 @@ async def pay_invoice(invoice_id: int, payment_request: PaymentRequest, request:
     invoice = await db.fetch_invoice(pool, invoice_id)
     if invoice is None:
         raise not_found("invoice", invoice_id)
+    bind(invoice_id=invoice_id, quote_id=invoice.quote_id, customer_id=invoice.customer_id)
 
     open_cents = invoice.amount_cents - invoice.paid_cents
     if invoice.status == "paid" or open_cents <= 0:
