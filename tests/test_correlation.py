@@ -220,6 +220,16 @@ class TestResponseHeaders:
         assert response.headers["x-request-id"] == server.trace_id
         assert re.fullmatch(f"00-{server.trace_id}-{server.span_id}-0[0-3]", response.headers["traceresponse"])
 
+    def test_uvicorn_error_line_keeps_request_id(self, service, receiver) -> None:
+        """uvicorn's own traceback line for a failed request carries the caller's request ID."""
+        base, app = service()
+
+        httpx.get(f"{base}/boom", headers={"X-Request-ID": "support-ticket-500"})
+
+        app.wait_for_line("Exception in ASGI application")
+        line = next(r for r in app.json_lines() if str(r.get("event")).startswith("Exception in ASGI application"))
+        assert line["request_id"] == "support-ticket-500"
+
     def test_validation_error_carries_correlation_headers(self, service) -> None:
         """A 422 validation error carries the correlation header."""
         base, _ = service()
@@ -249,6 +259,14 @@ class TestOutbound:
             server = _server(receiver, path)
             assert seen["traceparent"].split("-")[1] == server.trace_id
             assert seen["x-request-id"] == server.trace_id
+
+    def test_unlisted_inbound_baggage_not_forwarded(self, service) -> None:
+        """Inbound baggage keys outside DTC_OTEL_BAGGAGE_KEYS never reach outbound calls."""
+        base, _ = service(DTC_OTEL_BAGGAGE_KEYS="tenant_id")
+
+        seen = httpx.get(f"{base}/echo-outbound-async", headers={"baggage": "tenant_id=t9,secret=zzz"}).json()
+
+        assert seen["baggage"] == "tenant_id=t9"
 
     def test_denied_host_gets_no_context(self, service) -> None:
         """DTC_OTEL_NO_PROPAGATE_HOSTS keeps traceparent and IDs from a named host."""

@@ -95,6 +95,20 @@ def test_sigterm_flushes_last_request(launch, receiver) -> None:
     assert any(s.attributes.get("http.route") == "/hello" for s in receiver.spans)
 
 
+def test_exit_without_collector_skips_full_wait(launch) -> None:
+    """A short-lived program with no collector listening exits without spending the flush budget."""
+    app = launch(
+        ["python", "-c", "from opentelemetry import trace\nwith trace.get_tracer('t').start_as_current_span('short'): pass"],
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{free_port()}",
+        DTC_OTEL_SHUTDOWN_TIMEOUT="30",
+    )
+
+    started = time.monotonic()
+    app.process.wait(40)
+
+    assert time.monotonic() - started < 10
+
+
 def test_sigterm_with_failing_export_skips_full_wait(launch) -> None:
     """Once exports are failing, shutdown does not spend the whole timeout on a dead collector."""
     port = free_port()

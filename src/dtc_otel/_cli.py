@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from dtc_otel._cli_audit import add_audit_commands
 from dtc_otel._config import ConfigError, load_settings
 from dtc_otel._export import build_exporters
 from dtc_otel._service_name import default_service_name
@@ -140,6 +141,8 @@ def _cmd_receive(options: argparse.Namespace) -> int:
                 }
                 if options.attributes:
                     line["attributes"] = span.attributes
+                    if span.links:
+                        line["links"] = span.links
                 print(json.dumps(line, default=str), flush=True)
 
     try:
@@ -177,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     receive.add_argument("--port", type=int, default=4318, help="TCP port to listen on (default: 4318)")
     receive.add_argument("--attributes", action="store_true", help="also print each span's attributes")
     receive.set_defaults(handler=_cmd_receive)
+
+    add_audit_commands(commands)
 
     options = parser.parse_args(argv)
 

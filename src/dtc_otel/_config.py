@@ -40,6 +40,9 @@ DTC_OTEL_NO_PROPAGATE_HOSTS = "DTC_OTEL_NO_PROPAGATE_HOSTS"
 DTC_OTEL_PARTNER_REQUEST_ID_HEADERS = "DTC_OTEL_PARTNER_REQUEST_ID_HEADERS"
 DTC_OTEL_PARTNERS = "DTC_OTEL_PARTNERS"
 DTC_OTEL_BAGGAGE_KEYS = "DTC_OTEL_BAGGAGE_KEYS"
+DTC_OTEL_AUDIT = "DTC_OTEL_AUDIT"
+DTC_OTEL_AUDIT_SCHEMA = "DTC_OTEL_AUDIT_SCHEMA"
+DTC_OTEL_AUDIT_SPOOL_DIR = "DTC_OTEL_AUDIT_SPOOL_DIR"
 
 _DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 _DEFAULT_EXPORT_WARNING_INTERVAL = 60.0
@@ -110,6 +113,9 @@ class Settings:
     partner_request_id_headers: tuple[str, ...] = _DEFAULT_PARTNER_REQUEST_ID_HEADERS
     partners: tuple[tuple[str, str], ...] = ()
     baggage_keys: frozenset[str] = frozenset()
+    audit: bool = True
+    audit_schema: str = "dtc_audit"
+    audit_spool_dir: str | None = None
 
     def __repr__(self) -> str:
         # The database URL may carry a password; never print it.
@@ -167,6 +173,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         partners=_partners(env),
         baggage_keys=_entity_keys(env),
+        audit=_bool(env, DTC_OTEL_AUDIT, True),
+        audit_schema=_schema_name(env),
+        audit_spool_dir=(env.get(DTC_OTEL_AUDIT_SPOOL_DIR) or "").strip() or None,
     )
 
 
@@ -429,3 +438,16 @@ def _entity_keys(env: Mapping[str, str]) -> frozenset[str]:
             raise _invalid(DTC_OTEL_BAGGAGE_KEYS, env[DTC_OTEL_BAGGAGE_KEYS], "comma-separated entity keys, such as customer_id,quote_id")
 
     return frozenset(items)
+
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def _schema_name(env: Mapping[str, str]) -> str:
+    raw = env.get(DTC_OTEL_AUDIT_SCHEMA)
+    if raw is None or not raw.strip():
+        return "dtc_audit"
+    if not _SCHEMA_NAME.match(raw.strip()):
+        raise _invalid(DTC_OTEL_AUDIT_SCHEMA, raw, "a lowercase SQL identifier of at most 63 characters, such as dtc_audit")
+
+    return raw.strip()

@@ -9,7 +9,10 @@ and one line reports when export works again.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+from urllib.parse import urlsplit
 from collections.abc import Callable, Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -88,8 +91,13 @@ class GuardedExporter(SpanExporter):
 
     @property
     def failing(self) -> bool:
-        """Whether the last export failed, as when the collector is down."""
-        return self._failures > 0
+        """Whether the last export failed, or the collector does not accept connections now."""
+        if self._failures > 0:
+            return True
+        if self._name != "otlp":
+            return False
+
+        return not _endpoint_accepts_connections()
 
     def reset_after_fork(self) -> None:
         """Replace the inner exporter with a new one built in this process."""
@@ -99,6 +107,24 @@ class GuardedExporter(SpanExporter):
             self._exporter = self._factory()
         except Exception:  # noqa: BLE001
             _logger.warning("could not rebuild the span exporter after fork", exc_info=True)
+
+
+def _endpoint_accepts_connections() -> bool:
+    # A quick TCP connect at shutdown: when nothing listens, the final export
+    # would only retry until its timeout, so the exit need not wait for it.
+    endpoint = (
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or "http://localhost"
+    )
+    parts = urlsplit(endpoint)
+    grpc = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")) == "grpc"
+    port = parts.port or (443 if parts.scheme == "https" else 4317 if grpc else 4318)
+    try:
+        with socket.create_connection((parts.hostname or "localhost", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 def _otlp_factory(protocol: str) -> Callable[[], SpanExporter]:

@@ -82,6 +82,9 @@ def _server_fields(
         if span_context is not None and span_context.is_valid:
             event_dict["trace_id"] = format(span_context.trace_id, "032x")
             event_dict["span_id"] = format(span_context.span_id, "016x")
+        request_id = getattr(record.exc_info[1], "__dtc_otel_request_id__", None)
+        if request_id is not None:
+            event_dict.setdefault("request_id", request_id)
 
     event_dict.pop("color_message", None)
     if record.name != "uvicorn.access":

@@ -76,10 +76,16 @@ class DtcPropagator(TextMapPropagator):
             if not self.host_allowed(host):
                 return
 
-        if self._baggage_keys:
-            entities = bound_entities()
-            for key in self._baggage_keys.intersection(entities):
-                context = baggage.set_baggage(key, str(entities[key]), context or get_current())
+        # Only allow-listed entity keys leave the process as baggage: entries
+        # received from a caller are not passed on to third parties.
+        context = context or get_current()
+        outgoing = {key: value for key, value in baggage.get_all(context).items() if key in self._baggage_keys}
+        entities = bound_entities()
+        for key in self._baggage_keys.intersection(entities):
+            outgoing[key] = str(entities[key])
+        context = baggage.clear(context)
+        for key, value in outgoing.items():
+            context = baggage.set_baggage(key, value, context)
         self._inner.inject(carrier, context, setter)
 
         if self._header:

@@ -9,8 +9,9 @@ __all__ = ["MAX_LENGTH", "check_request_id", "current_request_id", "request_id_v
 
 MAX_LENGTH = 128
 
-# UUIDs, nginx's 32 hex digits, AWS-style "Root=1-abc-def" and similar tokens.
-_TOKEN = re.compile(r"^[A-Za-z0-9._:/+=@~-]+$")
+# UUIDs, nginx's 32 hex digits, AWS trace headers ("Root=1-abc-def;Sampled=1")
+# and similar tokens.
+_TOKEN = re.compile(r"^[A-Za-z0-9._:;/+=@~-]+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # The validated inbound request ID of the request being handled, if any.
@@ -30,7 +31,7 @@ def check_request_id(value: str) -> str | None:
     if _CONTROL.search(value):
         return "contains control characters"
     if not _TOKEN.match(value):
-        return "contains characters outside A-Z a-z 0-9 . _ : / + = @ ~ -"
+        return "contains characters outside A-Z a-z 0-9 . _ : ; / + = @ ~ -"
 
     return None
 

@@ -96,6 +96,12 @@ def configure(settings: Settings | None = None) -> TracerProvider | None:
     exporters = build_exporters(settings)
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
+    if settings.database_url and settings.audit:
+        # Job spans are mirrored into the audit tables by the background writer.
+        from dtc_otel.audit._processor import AuditSpanProcessor
+
+        _configure_audit(settings)
+        provider.add_span_processor(AuditSpanProcessor())
     trace.set_tracer_provider(provider)
     propagate.set_global_textmap(DtcPropagator(propagate.get_global_textmap(), settings))
     _partners.configure(settings)
@@ -111,3 +117,16 @@ def configure(settings: Settings | None = None) -> TracerProvider | None:
     _logger.debug("dtc-otel configured: %r", settings)
 
     return provider
+
+
+def _configure_audit(settings: Settings) -> None:
+    from dtc_otel.audit._state import audit_state, default_spool_dir
+    from dtc_otel.audit._writer import AuditWriter
+
+    audit_state.database_url = settings.database_url
+    audit_state.schema = settings.audit_schema
+    audit_state.writer = AuditWriter(
+        settings.database_url or "",
+        settings.audit_schema,
+        settings.audit_spool_dir or default_spool_dir(settings.audit_schema),
+    )

@@ -106,6 +106,7 @@ class ServerSpanMiddleware:
             # the log chain reads the IDs from here (see _logs.py).
             with contextlib.suppress(AttributeError, TypeError):
                 exc.__dtc_otel_span_context__ = span.get_span_context()  # type: ignore[attr-defined]
+                exc.__dtc_otel_request_id__ = request_id_var.get()  # type: ignore[attr-defined]
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, error_type))
             if not status_code:

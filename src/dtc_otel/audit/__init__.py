@@ -1,0 +1,51 @@
+"""Audit tables: jobs, webhooks, markers and checkpoints mirrored durably into PostgreSQL.
+
+Set ``DTC_OTEL_DATABASE_URL``, run ``dtc-otel migrate`` once, then use:
+
+* :func:`enqueue`, :func:`job` and :func:`job_handler` for jobs,
+* :func:`mark_once` for one-shot markers, :func:`save_checkpoint` and
+  :func:`read_checkpoint` for backfill positions,
+* :func:`record` to write audit rows inside the app's own transaction.
+
+Every change is also an ``audit_events`` row announced with NOTIFY on the
+``dtc_otel_audit`` channel. docs/audit.md shows the SQL that answers common
+incident questions.
+"""
+
+from __future__ import annotations
+
+from dtc_otel.audit._events import NOTIFY_CHANNEL, AuditEvent
+from dtc_otel.audit._jobs import JobAttempt, enqueue, job, job_handler
+from dtc_otel.audit._markers import (
+    amark_once,
+    aread_checkpoint,
+    asave_checkpoint,
+    mark_once,
+    read_checkpoint,
+    save_checkpoint,
+)
+from dtc_otel.audit._processor import AuditSpanProcessor
+from dtc_otel.audit._record import arecord, record
+from dtc_otel.audit._schema import apply_migrations, render_migrations
+from dtc_otel.audit._writer import AuditWriter
+
+__all__ = [
+    "NOTIFY_CHANNEL",
+    "AuditEvent",
+    "AuditSpanProcessor",
+    "AuditWriter",
+    "JobAttempt",
+    "amark_once",
+    "apply_migrations",
+    "aread_checkpoint",
+    "arecord",
+    "asave_checkpoint",
+    "enqueue",
+    "job",
+    "job_handler",
+    "mark_once",
+    "read_checkpoint",
+    "record",
+    "render_migrations",
+    "save_checkpoint",
+]

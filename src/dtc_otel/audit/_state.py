@@ -1,0 +1,57 @@
+"""The audit side of the process state: the writer, the schema and a small connection pool."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from typing import Any
+
+from dtc_otel.audit._writer import AuditWriter
+
+__all__ = ["AuditState", "audit_state"]
+
+
+class AuditState:
+    """Set once by ``dtc_otel.configure`` when a database URL is configured."""
+
+    def __init__(self) -> None:
+        self.database_url: str | None = None
+        self.schema = "dtc_audit"
+        self.writer: AuditWriter | None = None
+        self._pool: Any = None
+        self._lock = threading.Lock()
+
+    def require_url(self) -> str:
+        if not self.database_url:
+            raise RuntimeError(
+                "dtc-otel audit is not configured: set DTC_OTEL_DATABASE_URL to a postgresql:// URL "
+                "and run `dtc-otel migrate` once"
+            )
+        return self.database_url
+
+    def pool(self) -> Any:
+        """Return a small psycopg connection pool for the synchronous audit calls."""
+        with self._lock:
+            if self._pool is None or os.getpid() != self._pool_pid:
+                from psycopg_pool import ConnectionPool
+
+                self._pool = ConnectionPool(
+                    self.require_url(), min_size=0, max_size=4, open=True, name="dtc-otel-audit",
+                    kwargs={"application_name": "dtc-otel-audit"},
+                )  # fmt: skip
+                self._pool_pid = os.getpid()
+            return self._pool
+
+    def require_writer(self) -> AuditWriter:
+        if self.writer is None:
+            self.require_url()
+            self.writer = AuditWriter(self.database_url or "", self.schema, default_spool_dir(self.schema))
+        return self.writer
+
+
+def default_spool_dir(schema: str) -> str:
+    return os.path.join(tempfile.gettempdir(), f"dtc-otel-spool-{schema}")
+
+
+audit_state = AuditState()

@@ -1,0 +1,425 @@
+"""The background writer: audit events to PostgreSQL in batches, durable across outages.
+
+The app's threads only append to a bounded in-memory queue. One daemon thread
+per process takes batches from it and writes each batch, its ``audit_events``
+rows and their ``pg_notify`` calls in one pipelined transaction. When
+PostgreSQL is unreachable the batch is retried with exponential backoff while
+new events keep queueing; once the queue is full, events spill to a local
+spool file, and spooled events are written first when the database is back or
+when the next process starts. Event IDs make every write idempotent, so an
+event written twice (a batch that committed just before the connection
+dropped) leaves one row.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from opentelemetry import context as otel_context
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
+from tenacity import wait_exponential
+
+from dtc_otel._ratelimit import log_once_per_interval
+from dtc_otel.audit._events import AuditEvent
+from dtc_otel.audit._sql import (
+    audit_event_params,
+    audit_event_statement,
+    event_statements,
+    notify_payload,
+    notify_statement,
+)
+
+__all__ = ["AuditWriter", "WriterStats", "write_batch"]
+
+_logger = logging.getLogger("dtc_otel.audit")
+
+_DEFAULT_MAX_QUEUE = 10_000
+_DEFAULT_BATCH_SIZE = 500
+_DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
+# How often the writer wakes without new events, to replay the spool and
+# report its health; short enough that a flush at exit is quick.
+_IDLE_WAKE_SECONDS = 0.2
+_HEALTH_INTERVAL_SECONDS = 5.0
+
+
+class WriterStats:
+    """Counters and gauges of one writer, read by metrics and ``dtc-otel doctor``."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.batches = 0
+        self.last_batch_size = 0
+        self.last_batch_ms = 0.0
+        self.retries = 0
+        self.spooled = 0
+        self.replayed = 0
+        self.dropped = 0
+        self.connected = False
+
+    def as_dict(self, queue_depth: int, spool_bytes: int) -> dict[str, Any]:
+        return {
+            "queue_depth": queue_depth,
+            "spool_bytes": spool_bytes,
+            "written": self.written,
+            "batches": self.batches,
+            "last_batch_size": self.last_batch_size,
+            "last_batch_ms": round(self.last_batch_ms, 2),
+            "retries": self.retries,
+            "spooled": self.spooled,
+            "replayed": self.replayed,
+            "dropped": self.dropped,
+            "connected": self.connected,
+        }
+
+
+def write_batch(conn: psycopg.Connection[Any], schema: str, events: list[AuditEvent]) -> int:
+    """Write *events* and announce the new ones, inside the caller's transaction.
+
+    Returns the number of ``audit_events`` rows inserted: events already
+    written before (same event ID) are neither inserted nor announced again.
+    """
+    with conn.cursor() as cursor:
+        for statement, rows in event_statements(schema, events):
+            cursor.executemany(statement, rows)
+
+        cursor.executemany(audit_event_statement(schema), [audit_event_params(e) for e in events], returning=True)
+        inserted: dict[str, int] = {}
+        while True:
+            row = cursor.fetchone()
+            if row is not None:
+                inserted[str(row[1])] = row[0]
+            if not cursor.nextset():
+                break
+
+        payloads = [(notify_payload(inserted[e.event_id], e),) for e in events if e.event_id in inserted]
+        if payloads:
+            cursor.executemany(notify_statement(), payloads)
+
+    return len(payloads)
+
+
+class AuditWriter:
+    """Write audit events to PostgreSQL from a background thread; see the module docstring.
+
+    **Parameters:**
+
+    * **database_url** - a ``postgresql://`` URL of the database holding the audit schema.
+    * **schema** - the audit schema name (``dtc-otel migrate`` creates it).
+    * **spool_dir** - where events wait on disk while PostgreSQL is unreachable.
+    * **max_queue** - events held in memory before new ones go to the spool.
+    * **batch_size** - events written per transaction at most.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        schema: str,
+        spool_dir: str | os.PathLike[str],
+        *,
+        max_queue: int = _DEFAULT_MAX_QUEUE,
+        batch_size: int = _DEFAULT_BATCH_SIZE,
+        spool_max_bytes: int = _DEFAULT_SPOOL_MAX_BYTES,
+    ) -> None:
+        if max_queue <= 0 or batch_size <= 0:
+            raise ValueError(f"max_queue and batch_size must be positive, got {max_queue} and {batch_size}")
+
+        self._url = database_url
+        self._schema = schema
+        self._spool_dir = Path(spool_dir)
+        self._max_queue = max_queue
+        self._batch_size = batch_size
+        self._spool_max_bytes = spool_max_bytes
+        self._wait = wait_exponential(multiplier=0.1, min=0.1, max=5.0)
+        self._reset_state()
+
+        # Fork safety: the child gets an empty queue and its own thread and
+        # connection; events queued before the fork stay the parent's to write.
+        self_ref = weakref.ref(self)
+
+        def after_fork() -> None:
+            writer = self_ref()
+            if writer is not None:
+                writer._reset_state()
+
+        os.register_at_fork(after_in_child=after_fork)
+
+    def _reset_state(self) -> None:
+        self._queue: collections.deque[AuditEvent] = collections.deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+        self._stopping = False
+        self._busy = False
+        self._spool_file: Any = None
+        # The app's threads (queue full) and the writer thread (outage at
+        # shutdown) both append to the spool file.
+        self._spool_lock = threading.RLock()
+        self._spool_path = self._spool_dir / f"spool-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        self._replay_due = True
+        self._last_health = 0.0
+        self.stats = WriterStats()
+
+    # -- the app's side -------------------------------------------------
+
+    def enqueue(self, event: AuditEvent) -> None:
+        """Queue *event* for writing. Never blocks on the database and never raises."""
+        try:
+            with self._cond:
+                if self._stopping:
+                    self._spool([event])
+                    return
+                if len(self._queue) >= self._max_queue:
+                    self._spool([event])
+                    return
+                self._queue.append(event)
+                self._cond.notify()
+            if self._thread is None:
+                self._start()
+        except Exception:  # noqa: BLE001 - the audit trail must never fail the app
+            self.stats.dropped += 1
+            log_once_per_interval(_logger, "audit event dropped", exc_info=True, dropped=self.stats.dropped)
+
+    def _start(self) -> None:
+        with self._cond:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="dtc-otel-audit-writer", daemon=True)
+            self._thread.start()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued event is written; return False on timeout."""
+        if self._thread is None and self._queue:
+            self._start()
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._cond.notify_all()
+            while self._queue or self._busy:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.05))
+
+        return True
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Write what can be written within *timeout*, spool the rest, and stop."""
+        self.flush(timeout)
+        with self._cond:
+            self._stopping = True
+            leftover = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        if leftover:
+            self._spool(leftover)
+        if self._thread is not None:
+            # The thread spools a batch it could not write once it sees the stop.
+            self._thread.join(max(timeout, 1.0))
+        self._close_spool()
+        self._write_health(force=True)
+
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def spool_bytes(self) -> int:
+        try:
+            return sum(path.stat().st_size for path in self._spool_dir.glob("spool-*.jsonl"))
+        except OSError:
+            return 0
+
+    # -- the writer thread ----------------------------------------------
+
+    def _run(self) -> None:
+        # The writer's own queries must not show up as spans of the app.
+        otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        attempt = 0
+        batch: list[AuditEvent] = []
+        while True:
+            with self._cond:
+                if not batch:
+                    while not self._queue and not self._stopping and not self._replay_due:
+                        self._cond.wait(_IDLE_WAKE_SECONDS)
+                        self._write_health()
+                        if self._spool_has_files():
+                            self._replay_due = True
+                    if self._stopping and not self._queue:
+                        self._busy = False
+                        self._cond.notify_all()
+                        return
+                    for _ in range(min(self._batch_size, len(self._queue))):
+                        batch.append(self._queue.popleft())
+                    self._busy = bool(batch)
+
+            try:
+                if self._replay_due:
+                    self._replay_spool()
+                if batch:
+                    self._write(batch)
+                    batch = []
+                attempt = 0
+            except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
+                attempt += 1
+                self._drop_connection()
+                self.stats.retries += 1
+                log_once_per_interval(
+                    _logger, "audit writer cannot reach PostgreSQL; retrying", error=type(exc).__name__, attempt=attempt
+                )
+                if self._stopping:
+                    self._spool(batch)
+                    batch = []
+                    continue
+                with self._cond:
+                    # Woken early by shutdown(), which then gets the batch spooled.
+                    if not self._stopping:
+                        self._cond.wait(self._wait(_RetryState(attempt)))
+            except Exception:  # noqa: BLE001 - a bad event must not stop the writer
+                # A batch the database rejects for another reason (a bug or a
+                # schema mismatch) would fail forever; keep it on disk instead.
+                log_once_per_interval(_logger, "audit batch rejected by PostgreSQL; spooled", exc_info=True)
+                self._spool(batch)
+                batch = []
+            finally:
+                with self._cond:
+                    if not batch:
+                        self._busy = False
+                    self._cond.notify_all()
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self._url, connect_timeout=5, application_name="dtc-otel-audit-writer")
+            if not self.stats.connected:
+                _logger.info("audit writer connected to PostgreSQL")
+            self.stats.connected = True
+            self._replay_due = self._replay_due or self._spool_has_files()
+
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        self.stats.connected = False
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self._conn = None
+
+    def _write(self, batch: list[AuditEvent]) -> None:
+        started = time.perf_counter()
+        conn = self._connection()
+        with conn.transaction():
+            write_batch(conn, self._schema, batch)
+        self.stats.last_batch_ms = (time.perf_counter() - started) * 1000
+        self.stats.last_batch_size = len(batch)
+        self.stats.batches += 1
+        self.stats.written += len(batch)
+
+    # -- the spool --------------------------------------------------------
+
+    def _spool(self, events: list[AuditEvent]) -> None:
+        if not events:
+            return
+        with self._spool_lock:
+            self._spool_locked(events)
+
+    def _spool_locked(self, events: list[AuditEvent]) -> None:
+        try:
+            if self._spool_file is None:
+                self._spool_dir.mkdir(parents=True, exist_ok=True)
+                self._spool_file = open(self._spool_path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
+            if self.spool_bytes() > self._spool_max_bytes:
+                raise OSError(f"spool folder over its limit of {self._spool_max_bytes} bytes")
+            for event in events:
+                self._spool_file.write(event.to_json() + "\n")
+            self._spool_file.flush()
+            self.stats.spooled += len(events)
+        except OSError as exc:
+            self.stats.dropped += len(events)
+            log_once_per_interval(
+                _logger, "audit events dropped: spool not writable", error=str(exc), dropped=self.stats.dropped
+            )
+
+    def _close_spool(self) -> None:
+        with self._spool_lock:
+            if self._spool_file is not None:
+                self._spool_file.close()
+                self._spool_file = None
+
+    def _spool_has_files(self) -> bool:
+        return self._spool_dir.is_dir() and any(self._spool_dir.glob("spool-*.jsonl"))
+
+    def _claim_spool_files(self) -> Iterator[Path]:
+        for path in sorted(self._spool_dir.glob("spool-*.jsonl")):
+            claimed = path.with_name(path.name.replace("spool-", f"replay-{os.getpid()}-", 1))
+            # Close and rename under the spool lock: an event spooled in between
+            # would go into a file that is about to be read and deleted.
+            with self._spool_lock:
+                if path == self._spool_path:
+                    self._close_spool()
+                try:
+                    # A rename is atomic, so two processes never replay one file.
+                    path.rename(claimed)
+                except OSError:
+                    continue
+            yield claimed
+
+    def _replay_spool(self) -> None:
+        self._replay_due = False
+        if not self._spool_dir.is_dir():
+            return
+        for path in self._claim_spool_files():
+            events = []
+            with open(path, encoding="utf-8") as spool:
+                for number, line in enumerate(spool, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        events.append(AuditEvent.from_json(line))
+                    except (ValueError, TypeError, KeyError):
+                        # A line cut short by a crash mid-write; the rest is good.
+                        self.stats.dropped += 1
+                        log_once_per_interval(_logger, "unreadable spool line skipped", file=path.name, line=number)
+            try:
+                for start in range(0, len(events), self._batch_size):
+                    self._write(events[start : start + self._batch_size])
+            except Exception:
+                # Put the file back so the next attempt finds it.
+                path.rename(path.with_name(path.name.replace(f"replay-{os.getpid()}-", "spool-", 1)))
+                self._replay_due = True
+                raise
+            self.stats.replayed += len(events)
+            path.unlink()
+            _logger.info("audit writer replayed %d spooled events", len(events))
+
+    # -- health -----------------------------------------------------------
+
+    def _write_health(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_health < _HEALTH_INTERVAL_SECONDS:
+            return
+        self._last_health = now
+        try:
+            self._spool_dir.mkdir(parents=True, exist_ok=True)
+            health = self.stats.as_dict(self.queue_depth(), self.spool_bytes())
+            health["pid"] = os.getpid()
+            health["updated_at"] = time.time()
+            path = self._spool_dir / f"health-{os.getpid()}.json"
+            path.write_text(json.dumps(health), encoding="utf-8")
+        except OSError:
+            pass
+
+
+class _RetryState:
+    """The one field of tenacity's retry state that its wait strategies read."""
+
+    def __init__(self, attempt: int) -> None:
+        self.attempt_number = attempt

@@ -1,0 +1,324 @@
+"""Audit tables against a real PostgreSQL: schema, jobs, markers, checkpoints, NOTIFY, outages."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import dtc_otel
+from dtc_otel import audit
+from dtc_otel._entities import EntitySpanProcessor
+from dtc_otel.audit._events import NOTIFY_CHANNEL, AuditEvent
+from dtc_otel.audit._schema import apply_migrations, render_migrations
+from dtc_otel.audit._sql import MAX_NOTIFY_BYTES, notify_payload
+from dtc_otel.audit._state import audit_state
+from dtc_otel.audit._writer import AuditWriter
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "audit.md"
+SCHEMA = "dtc_audit"
+
+_exporter = InMemorySpanExporter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _provider() -> None:
+    """One global tracer provider for this module, with the audit processor, as dtc-otel sets it up."""
+    provider = TracerProvider()
+    provider.add_span_processor(EntitySpanProcessor())
+    provider.add_span_processor(audit.AuditSpanProcessor())
+    provider.add_span_processor(SimpleSpanProcessor(_exporter))
+    trace._TRACER_PROVIDER = None  # noqa: SLF001 - tests own the global provider
+    trace._TRACER_PROVIDER_SET_ONCE._done = False  # noqa: SLF001
+    trace.set_tracer_provider(provider)
+
+
+@pytest.fixture
+def audit_db(database_url: str, tmp_path: Path):
+    """A migrated database with the audit writer pointed at it."""
+    apply_migrations(database_url, SCHEMA)
+    audit_state.database_url = database_url
+    audit_state.schema = SCHEMA
+    audit_state._pool = None
+    audit_state.writer = AuditWriter(database_url, SCHEMA, tmp_path / "spool")
+    _exporter.clear()
+    yield database_url
+    audit_state.writer.shutdown(2)
+    if audit_state._pool is not None:
+        audit_state._pool.close()
+        audit_state._pool = None
+    audit_state.writer = None
+
+
+def _rows(url: str, query: str, *params) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+class Listener:
+    """A LISTEN connection collecting NOTIFY payloads on the audit channel."""
+
+    def __init__(self, url: str) -> None:
+        self.conn = psycopg.connect(url, autocommit=True)
+        self.conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+
+    def collect(self, expected: int, timeout: float = 10.0) -> list[dict]:
+        payloads: list[dict] = []
+        deadline = time.monotonic() + timeout
+        while len(payloads) < expected and time.monotonic() < deadline:
+            for note in self.conn.notifies(timeout=0.2, stop_after=expected - len(payloads)):
+                payloads.append(json.loads(note.payload))
+        return payloads
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class TestSchema:
+    def test_migrations_match_documented_schema(self, audit_db) -> None:
+        """Every table and column documented in docs/audit.md exists, and nothing undocumented."""
+        documented: dict[str, set[str]] = {}
+        table = None
+        for line in DOCS.read_text().splitlines():
+            heading = re.match(r"^### `(\w+)`", line)
+            if heading:
+                table = heading[1]
+                documented[table] = set()
+                continue
+            cell = re.match(r"^\| `(\w+)` \|", line)
+            if table and cell:
+                documented[table].add(cell[1])
+        actual: dict[str, set[str]] = {}
+        for name, column in _rows(
+            audit_db,
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = %s",
+            SCHEMA,
+        ):
+            actual.setdefault(name, set()).add(column)
+        actual.pop("schema_migrations")
+
+        assert set(documented) == set(actual)
+        for name in actual:
+            assert documented[name] == actual[name], f"{name}: documented and actual columns differ"
+
+    def test_migrate_twice_and_concurrently(self, database_url) -> None:
+        """Two processes migrating at once: one applies, the other finds nothing to do."""
+        results: list[list[str]] = []
+        threads = [threading.Thread(target=lambda: results.append(apply_migrations(database_url, "audit_race"))) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+
+        assert sorted(len(r) for r in results) == [0, 0, 0, 1]
+        assert apply_migrations(database_url, "audit_race") == []
+
+    def test_sql_output_uses_schema(self) -> None:
+        """`migrate --sql` prints DDL for the configured schema."""
+        text = render_migrations("billing_audit")
+
+        assert 'CREATE TABLE IF NOT EXISTS "billing_audit".job_queue' in text
+        assert "{schema}" not in text
+
+
+class TestJobs:
+    def test_retry_then_success_records_every_transition(self, audit_db) -> None:
+        """A job that fails once and then succeeds leaves one row, its history and its trace."""
+        listener = Listener(audit_db)
+        attempts = {"n": 0}
+
+        @audit.job_handler("approve_quote", max_attempts=3, backoff=lambda attempt: 0.01)
+        def approve(payload: dict) -> str:
+            attempts["n"] += 1
+            if attempts["n"] == 1:
+                raise ConnectionError("partner timed out")
+            return "ok"
+
+        with trace.get_tracer("t").start_as_current_span("request") as request_span:
+            dtc_otel.bind(quote_id=44)
+            job_id = audit.enqueue("approve_quote", {"quote_id": 44, "secret_note": "raw payload"}, max_attempts=3)
+        payload = _payload_of(audit_db, job_id)
+        assert approve(payload, job_id=job_id) == "ok"
+        assert audit_state.writer.flush(10)
+
+        row = _rows(audit_db, f"SELECT status, attempts, max_attempts, last_error, entity_ids, trace_id, finished_at FROM {SCHEMA}.job_queue WHERE job_id = %s", job_id)[0]
+        assert row[0] == "succeeded"
+        assert row[1] == 2
+        assert row[2] == 3
+        assert "partner timed out" in row[3]
+        assert row[4] == {"quote_id": 44}
+        assert row[5] == format(request_span.get_span_context().trace_id, "032x")
+        assert row[6] is not None
+        transitions = [r[0] for r in _rows(audit_db, f"SELECT transition FROM {SCHEMA}.job_events WHERE job_id = %s ORDER BY occurred_at, id", job_id)]
+        assert transitions == ["enqueued", "started", "failed", "retrying", "started", "succeeded"]
+        job_spans = [s for s in _exporter.get_finished_spans() if s.name == "job approve_quote"]
+        assert len(job_spans) == 2
+        assert all(s.context.trace_id == request_span.get_span_context().trace_id for s in job_spans)
+        exported = json.dumps([dict(s.attributes or {}) for s in _exporter.get_finished_spans()])
+        assert "raw payload" not in exported
+        notes = listener.collect(6)
+        listener.close()
+        assert [n["status"] for n in notes] == ["pending", "running", "running", "retrying", "running", "succeeded"]
+        assert all(n["topic"] == "quote:44" and n["table"] == "job_queue" and n["row_id"] == job_id for n in notes)
+
+    def test_last_attempt_failure_is_dead(self, audit_db) -> None:
+        """After max_attempts failures the job is dead and the exception reaches the caller."""
+
+        @audit.job_handler("send_invoice", max_attempts=2, backoff=lambda attempt: 0.01)
+        async def send(payload: dict) -> None:
+            raise RuntimeError("mail server down")
+
+        import asyncio
+
+        job_id = str(uuid.uuid4())
+        with pytest.raises(RuntimeError):
+            asyncio.run(send({}, job_id=job_id))
+        audit_state.writer.flush(10)
+
+        status, attempts = _rows(audit_db, f"SELECT status, attempts FROM {SCHEMA}.job_queue WHERE job_id = %s", job_id)[0]
+        assert status == "dead"
+        assert attempts == 2
+
+    def test_not_retryable_failure_is_failed(self, audit_db) -> None:
+        """retryable=False records failed, not retrying."""
+        job_id = str(uuid.uuid4())
+        with pytest.raises(ValueError):
+            with audit.job("import_rates", job_id=job_id, max_attempts=5, retryable=False):
+                raise ValueError("bad file")
+        audit_state.writer.flush(10)
+
+        assert _rows(audit_db, f"SELECT status FROM {SCHEMA}.job_queue WHERE job_id = %s", job_id)[0][0] == "failed"
+
+
+def _payload_of(url: str, job_id: str) -> dict:
+    audit_state.writer.flush(10)
+    return _rows(url, f"SELECT payload FROM {SCHEMA}.job_queue WHERE job_id = %s", job_id)[0][0]
+
+
+class TestTransactionalRecord:
+    def test_rollback_writes_and_announces_nothing(self, audit_db) -> None:
+        """record() in a rolled-back transaction leaves no rows and sends no NOTIFY."""
+        listener = Listener(audit_db)
+        with psycopg.connect(audit_db) as conn:
+            with pytest.raises(ZeroDivisionError):
+                with conn.transaction():
+                    audit.enqueue("refund", {"invoice_id": 9}, conn=conn)
+                    1 / 0
+
+        assert listener.collect(1, timeout=1.0) == []
+        listener.close()
+        assert _rows(audit_db, f"SELECT count(*) FROM {SCHEMA}.job_queue")[0][0] == 0
+
+    def test_commit_announces_each_event(self, audit_db) -> None:
+        """Two identical changes in one transaction still arrive as two notifications."""
+        listener = Listener(audit_db)
+        with psycopg.connect(audit_db) as conn:
+            with conn.transaction():
+                for _ in range(2):
+                    audit.record(conn, AuditEvent(table="checkpoints", row_id="rates", status="saved", data={"position": 7}))
+
+        notes = listener.collect(2)
+        listener.close()
+        assert len(notes) == 2
+        assert notes[0]["id"] != notes[1]["id"]
+
+    def test_replayed_event_written_once(self, audit_db) -> None:
+        """Writing the same event twice leaves one audit_events row and one NOTIFY."""
+        event = AuditEvent(table="checkpoints", row_id="backfill", status="saved", data={"position": {"page": 3}})
+        with psycopg.connect(audit_db) as conn:
+            first = audit.record(conn, event)
+            second = audit.record(conn, event)
+
+        assert (first, second) == (1, 0)
+        assert _rows(audit_db, f"SELECT count(*) FROM {SCHEMA}.audit_events WHERE event_id = %s", event.event_id)[0][0] == 1
+
+
+class TestMarkersAndCheckpoints:
+    def test_mark_once_single_winner_under_concurrency(self, audit_db) -> None:
+        """Ten threads marking the same key: exactly one gets True."""
+        results: list[bool] = []
+        barrier = threading.Barrier(10)
+
+        def mark() -> None:
+            barrier.wait()
+            results.append(audit.mark_once("portal_welcome_sent", customer_id=7))
+
+        threads = [threading.Thread(target=mark) for _ in range(10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+
+        assert results.count(True) == 1
+        assert results.count(False) == 9
+        assert _rows(audit_db, f"SELECT marker_key, entity_ids FROM {SCHEMA}.audit_markers") == [
+            ("portal_welcome_sent:customer_id=7", {"customer_id": 7})
+        ]
+
+    def test_checkpoint_round_trip(self, audit_db) -> None:
+        """A saved position reads back; the default applies to unknown names."""
+        audit.save_checkpoint("invoice_backfill", {"last_id": 115400})
+        audit.save_checkpoint("invoice_backfill", {"last_id": 115500})
+
+        assert audit.read_checkpoint("invoice_backfill") == {"last_id": 115500}
+        assert audit.read_checkpoint("nothing", default=0) == 0
+
+
+class TestNotifyPayload:
+    def test_payload_stays_under_limit(self) -> None:
+        """A huge event is announced by reference, under PostgreSQL's NOTIFY limit."""
+        event = AuditEvent(table="job_queue", row_id="x" * 9000, status="pending", data={"kind": "k"}, entity_ids={"quote_id": 1})
+
+        payload = notify_payload(12, event)
+
+        assert len(payload.encode()) <= MAX_NOTIFY_BYTES
+        assert json.loads(payload) == {"id": 12, "event_id": event.event_id, "truncated": True}
+
+
+class TestOutages:
+    def test_unreachable_database_spools_then_replays(self, audit_db, tmp_path) -> None:
+        """Events written while PostgreSQL is unreachable are spooled and replayed exactly once."""
+        spool = tmp_path / "outage-spool"
+        down = AuditWriter("postgresql://postgres@127.0.0.1:1/none", SCHEMA, spool, max_queue=10)
+        events = [AuditEvent(table="checkpoints", row_id=f"cp{i}", status="saved", data={"position": i}) for i in range(50)]
+        for event in events:
+            down.enqueue(event)
+        down.shutdown(1.0)
+        assert list(spool.glob("spool-*.jsonl")), "nothing was spooled"
+        assert down.stats.dropped == 0
+
+        up = AuditWriter(audit_db, SCHEMA, spool)
+        up.enqueue(AuditEvent(table="checkpoints", row_id="after", status="saved", data={"position": 0}))
+        assert up.flush(15)
+        up.shutdown(2)
+
+        ids = [r[0] for r in _rows(audit_db, f"SELECT event_id::text FROM {SCHEMA}.audit_events")]
+        assert len(ids) == len(set(ids))
+        assert {e.event_id for e in events} <= set(ids)
+        assert not list(spool.glob("spool-*.jsonl"))
+
+    def test_terminated_connection_loses_nothing(self, audit_db) -> None:
+        """Killing the writer's backend mid-stream: every event arrives exactly once."""
+        writer = audit_state.writer
+        events = [AuditEvent(table="checkpoints", row_id=f"k{i}", status="saved", data={"position": i}) for i in range(3000)]
+        for index, event in enumerate(events):
+            writer.enqueue(event)
+            if index in (500, 1500, 2500):
+                time.sleep(0.05)
+                _rows(audit_db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'dtc-otel-audit-writer' AND datname = current_database()")
+        assert writer.flush(30)
+
+        ids = [r[0] for r in _rows(audit_db, f"SELECT event_id::text FROM {SCHEMA}.audit_events")]
+        assert len(ids) == 3000
+        assert set(ids) == {e.event_id for e in events}
+        assert writer.stats.dropped == 0
