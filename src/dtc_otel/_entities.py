@@ -32,6 +32,19 @@ def _attribute_value(value: Any) -> Any:
     return value if isinstance(value, _ATTRIBUTE_TYPES) else str(value)
 
 
+# Lists which of a span's attributes are entity IDs, so that readers such as
+# the audit processor can tell them from other attributes.
+ENTITY_KEYS_ATTRIBUTE = "dtc.entity_keys"
+
+
+def _set_on_span(span: Any, entities: Mapping[str, Any]) -> None:
+    for key, value in entities.items():
+        span.set_attribute(key, _attribute_value(value))
+    existing = getattr(span, "attributes", None) or {}
+    keys = set(existing.get(ENTITY_KEYS_ATTRIBUTE, ())) | set(entities)
+    span.set_attribute(ENTITY_KEYS_ATTRIBUTE, sorted(keys))
+
+
 def bind(**entities: Any) -> None:
     """Bind entity IDs to the current context: log lines, this span and every span below it.
 
@@ -53,8 +66,7 @@ def bind(**entities: Any) -> None:
 
     span = trace.get_current_span()
     if span.is_recording():
-        for key, value in entities.items():
-            span.set_attribute(key, _attribute_value(value))
+        _set_on_span(span, entities)
 
 
 def unbind(*keys: str) -> None:
@@ -87,8 +99,7 @@ def bind_for_request(entities: Mapping[str, Any]) -> tuple[Any, Any]:
     log_tokens = structlog.contextvars.bind_contextvars(**entities)
     span = trace.get_current_span()
     if span.is_recording():
-        for key, value in entities.items():
-            span.set_attribute(key, _attribute_value(value))
+        _set_on_span(span, entities)
 
     return entity_token, log_tokens
 
@@ -106,7 +117,9 @@ class EntitySpanProcessor(SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         entities = _entities.get()
         if entities:
-            span.set_attributes({key: _attribute_value(value) for key, value in entities.items()})
+            attributes = {key: _attribute_value(value) for key, value in entities.items()}
+            attributes[ENTITY_KEYS_ATTRIBUTE] = sorted(entities)
+            span.set_attributes(attributes)
 
     def on_end(self, span: ReadableSpan) -> None:
         pass

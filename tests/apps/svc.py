@@ -157,6 +157,31 @@ async def entity(quote_id: int, background: BackgroundTasks) -> StreamingRespons
     return StreamingResponse(chunks(), media_type="text/plain", background=background, headers={"x-baggage-seen": outbound.get("baggage", "")})
 
 
+if os.environ.get("SVC_WEBHOOK_SECRET"):
+    from fastapi import Depends
+
+    from dtc_otel.audit import StripeSignatureVerifier, WebhookDelivery, WebhookReceiver, enqueue, job
+
+    payments = WebhookReceiver("payments", StripeSignatureVerifier(os.environ["SVC_WEBHOOK_SECRET"]), max_body_bytes=2048)
+
+    @app.post("/webhooks/payments")
+    async def payments_webhook(delivery: WebhookDelivery = Depends(payments)) -> dict:
+        if delivery.duplicate:
+            return {"status": "duplicate"}
+        dtc_otel_bind(quote_id=delivery.json["data"]["quote_id"])
+        if delivery.event_type == "explode":
+            raise RuntimeError("handler failed on purpose")
+        return {"status": "processed"}
+
+    @app.post("/jobs/{quote_id}")
+    async def run_job(quote_id: int) -> dict:
+        dtc_otel_bind(quote_id=quote_id)
+        job_id = enqueue("approve_quote", {"quote_id": quote_id})
+        async with job("approve_quote", job_id=job_id, payload={"quote_id": quote_id}):
+            log.info("job ran")
+        return {"job_id": job_id}
+
+
 @app.exception_handler(Exception)
 async def catch_all(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error", path=request.url.path, error=type(exc).__name__)

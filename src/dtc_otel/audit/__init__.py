@@ -29,6 +29,25 @@ from dtc_otel.audit._record import arecord, record
 from dtc_otel.audit._schema import apply_migrations, render_migrations
 from dtc_otel.audit._writer import AuditWriter
 
+from dtc_otel.audit._verifiers import (
+    StandardWebhooksVerifier,
+    StripeSignatureVerifier,
+    VerificationResult,
+    WebhookVerifier,
+    sign_standard_webhook,
+    sign_stripe,
+)
+
+
+def __getattr__(name: str) -> object:
+    # The webhook receiver needs Starlette, which only web apps have installed.
+    if name in ("WebhookReceiver", "WebhookDelivery"):
+        from dtc_otel.audit import _webhooks
+
+        return getattr(_webhooks, name)
+    raise AttributeError(f"module 'dtc_otel.audit' has no attribute {name!r}")
+
+
 __all__ = [
     "NOTIFY_CHANNEL",
     "AuditEvent",
@@ -48,4 +67,12 @@ __all__ = [
     "record",
     "render_migrations",
     "save_checkpoint",
+    "StandardWebhooksVerifier",
+    "StripeSignatureVerifier",
+    "VerificationResult",
+    "WebhookDelivery",
+    "WebhookReceiver",
+    "WebhookVerifier",
+    "sign_standard_webhook",
+    "sign_stripe",
 ]

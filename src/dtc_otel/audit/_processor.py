@@ -15,7 +15,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import StatusCode
 
-from dtc_otel._entities import bound_entities
+from dtc_otel._entities import ENTITY_KEYS_ATTRIBUTE, bound_entities
 from dtc_otel._ratelimit import log_once_per_interval
 from dtc_otel.audit._events import AuditEvent
 from dtc_otel.audit._jobs import job_side_data
@@ -50,7 +50,11 @@ class AuditSpanProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         attributes = span.attributes or {}
-        if attributes.get("dtc.audit.type") != "job":
+        kind = attributes.get("dtc.audit.type")
+        if kind == "webhook":
+            self._webhook_outcome(span)
+            return
+        if kind != "job":
             return
         try:
             entities = self._entities.pop(span.context.span_id, {})
@@ -72,6 +76,39 @@ class AuditSpanProcessor(SpanProcessor):
             )  # fmt: skip
         except Exception:  # noqa: BLE001
             log_once_per_interval(_logger, "could not record a job outcome", exc_info=True)
+
+    @staticmethod
+    def _webhook_outcome(span: ReadableSpan) -> None:
+        writer = audit_state.writer
+        attributes = span.attributes or {}
+        if writer is None or "dtc.webhook.delivery_id" not in attributes:
+            return
+        try:
+            error = None
+            for event in span.events:
+                if event.name == "exception":
+                    event_attributes = event.attributes or {}
+                    error = f"{event_attributes.get('exception.type')}: {event_attributes.get('exception.message')}"[:500]
+            status_code = attributes.get("http.response.status_code")
+            entity_ids = {key: attributes[key] for key in attributes.get(ENTITY_KEYS_ATTRIBUTE, ()) if key in attributes}
+            writer.enqueue(
+                AuditEvent(
+                    table="webhook_logs",
+                    row_id=str(attributes["dtc.webhook.delivery_id"]),
+                    status="processed" if error is None and (status_code or 500) < 400 else "failed",
+                    data={
+                        "provider": attributes.get("dtc.webhook.provider", ""),
+                        "status_code": status_code,
+                        "processing_error": error,
+                        "processed_at": _epoch(span.end_time),
+                        "summary": {"status_code": status_code, "signature": attributes.get("dtc.webhook.signature")},
+                    },
+                    entity_ids=entity_ids,
+                    trace_id=format(span.context.trace_id, "032x"),
+                )
+            )
+        except Exception:  # noqa: BLE001
+            log_once_per_interval(_logger, "could not record a webhook outcome", exc_info=True)
 
     @staticmethod
     def _emit(
