@@ -14,6 +14,7 @@ incident questions.
 
 from __future__ import annotations
 
+from dtc_otel.audit._configure import configure
 from dtc_otel.audit._events import NOTIFY_CHANNEL, AuditEvent
 from dtc_otel.audit._jobs import JobAttempt, enqueue, job, job_handler
 from dtc_otel.audit._markers import (
@@ -59,6 +60,7 @@ __all__ = [
     "aread_checkpoint",
     "arecord",
     "asave_checkpoint",
+    "configure",
     "enqueue",
     "job",
     "job_handler",

@@ -10,13 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from dtc_otel.audit._events import AuditEvent
-from dtc_otel.audit._sql import (
-    audit_event_params,
-    audit_event_statement,
-    event_statements,
-    notify_payload,
-    notify_statement,
-)
+from dtc_otel.audit._sql import CLEAR_STAGE, COPY_STAGE, CREATE_STAGE, event_statements, stage_row, staged_statements
 from dtc_otel.audit._state import audit_state
 from dtc_otel.audit._writer import write_batch
 
@@ -34,22 +28,20 @@ def record(conn: Any, *events: AuditEvent) -> int:
 async def arecord(conn: Any, *events: AuditEvent) -> int:
     """Write *events* on the async psycopg connection *conn*, in its current transaction."""
     batch = list(events)
-    schema = audit_state.schema
+    job_upsert, job_history, announce = staged_statements(audit_state.schema)
     async with conn.cursor() as cursor:
-        for statement, rows in event_statements(schema, batch):
+        await cursor.execute(CREATE_STAGE)
+        await cursor.execute(CLEAR_STAGE)
+        async with cursor.copy(COPY_STAGE) as copy:
+            for seq, event in enumerate(batch):
+                await copy.write_row(stage_row(seq, event))
+
+        for statement, rows in event_statements(audit_state.schema, [e for e in batch if e.table != "job_queue"]):
             await cursor.executemany(statement, rows)
+        if any(e.table == "job_queue" and not e.data.get("row_written") for e in batch):
+            await cursor.execute(job_upsert)
+            await cursor.execute(job_history)
+        row = await (await cursor.execute(announce)).fetchone()
+        await cursor.execute(CLEAR_STAGE)
 
-        await cursor.executemany(audit_event_statement(schema), [audit_event_params(e) for e in batch], returning=True)
-        inserted: dict[str, int] = {}
-        while True:
-            row = await cursor.fetchone()
-            if row is not None:
-                inserted[str(row[1])] = row[0]
-            if not cursor.nextset():
-                break
-
-        payloads = [(notify_payload(inserted[e.event_id], e),) for e in batch if e.event_id in inserted]
-        if payloads:
-            await cursor.executemany(notify_statement(), payloads)
-
-    return len(payloads)
+    return int(row[0]) if row else 0

@@ -16,7 +16,7 @@ from psycopg import sql
 
 from dtc_otel.audit._events import NOTIFY_CHANNEL, AuditEvent
 
-__all__ = ["MAX_NOTIFY_BYTES", "Statement", "event_statements", "notify_payload"]
+__all__ = ["MAX_NOTIFY_BYTES", "Statement", "event_statements", "notify_payload", "stage_row", "staged_statements"]
 
 # PostgreSQL rejects NOTIFY payloads of 8000 bytes or more; stay clear of it.
 MAX_NOTIFY_BYTES = 7900
@@ -31,30 +31,6 @@ def _ts(epoch: float | None) -> datetime | None:
 def _json(value: Any) -> str:
     return json.dumps(value or {}, default=str, separators=(",", ":"))
 
-
-_JOB_UPSERT = """
-INSERT INTO {s}.job_queue AS j (job_id, kind, status, attempts, max_attempts, last_error, payload,
-    entity_ids, trace_id, created_at, updated_at, started_at, finished_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s, %s, %s, %s)
-ON CONFLICT (job_id) DO UPDATE SET
-    status = EXCLUDED.status,
-    attempts = GREATEST(j.attempts, EXCLUDED.attempts),
-    max_attempts = EXCLUDED.max_attempts,
-    last_error = COALESCE(EXCLUDED.last_error, j.last_error),
-    payload = CASE WHEN EXCLUDED.payload = '{{}}'::jsonb THEN j.payload ELSE EXCLUDED.payload END,
-    entity_ids = j.entity_ids || EXCLUDED.entity_ids,
-    trace_id = COALESCE(j.trace_id, EXCLUDED.trace_id),
-    updated_at = EXCLUDED.updated_at,
-    started_at = COALESCE(EXCLUDED.started_at, j.started_at),
-    finished_at = EXCLUDED.finished_at
-WHERE j.updated_at <= EXCLUDED.updated_at
-"""
-
-_JOB_EVENT = """
-INSERT INTO {s}.job_events (event_id, job_id, kind, transition, attempt, error, trace_id, occurred_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (event_id) DO NOTHING
-"""
 
 _WEBHOOK_UPSERT = """
 INSERT INTO {s}.webhook_logs AS w (delivery_id, provider, event_type, provider_event_id, raw_body, headers,
@@ -83,23 +59,9 @@ ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, trace_id = EXCLUD
 WHERE c.updated_at <= EXCLUDED.updated_at
 """
 
-AUDIT_EVENT_INSERT = """
-INSERT INTO {s}.audit_events (event_id, topic, source_table, row_id, status, payload, entity_ids, trace_id, created_at)
-VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s)
-ON CONFLICT (event_id) DO NOTHING
-RETURNING id, event_id
-"""
-
-
 def _row_params(event: AuditEvent) -> tuple[str, Sequence[Any]]:
     d = event.data
     at = _ts(event.occurred_at)
-    if event.table == "job_queue":
-        return _JOB_UPSERT, (
-            event.row_id, d["kind"], event.status, d.get("attempts", 0), d.get("max_attempts", 1),
-            d.get("last_error"), _json(d.get("payload")), _json(event.entity_ids), event.trace_id,
-            at, at, _ts(d.get("started_at")), _ts(d.get("finished_at")),
-        )  # fmt: skip
     if event.table == "webhook_logs":
         return _WEBHOOK_UPSERT, (
             event.row_id, d["provider"], d.get("event_type"), d.get("provider_event_id"), d.get("raw_body", b""),
@@ -118,39 +80,27 @@ def _row_params(event: AuditEvent) -> tuple[str, Sequence[Any]]:
 
 
 def event_statements(schema: str, events: Iterable[AuditEvent]) -> list[Statement]:
-    """Group the row writes of *events* into one executemany-ready statement per kind."""
+    """Group the row writes of webhook, marker and checkpoint events into one statement per kind.
+
+    Job events go through the staged, set-based statements below instead.
+    """
     schema_id = sql.Identifier(schema)
     grouped: dict[str, list[Sequence[Any]]] = {}
     for event in events:
-        if event.table == "audit_events" or event.data.get("row_written"):
+        if event.table in ("audit_events", "job_queue") or event.data.get("row_written"):
             continue
         template, params = _row_params(event)
         grouped.setdefault(template, []).append(params)
-        if event.table == "job_queue" and event.data.get("transition"):
-            grouped.setdefault(_JOB_EVENT, []).append(
-                (
-                    event.event_id, event.row_id, event.data["kind"], event.data["transition"],
-                    event.data.get("attempts"), event.data.get("last_error"), event.trace_id, _ts(event.occurred_at),
-                )  # fmt: skip
-            )
 
     return [(sql.SQL(template).format(s=schema_id), rows) for template, rows in grouped.items()]
 
 
-def audit_event_statement(schema: str) -> sql.Composable:
-    return sql.SQL(AUDIT_EVENT_INSERT).format(s=sql.Identifier(schema))
-
-
-def audit_event_params(event: AuditEvent) -> Sequence[Any]:
-    summary = event.data.get("summary") or {}
-    return (
-        event.event_id, event.topic, event.table, event.row_id, event.status, _json(summary),
-        _json(event.entity_ids), event.trace_id, _ts(event.occurred_at),
-    )  # fmt: skip
-
-
 def notify_payload(audit_id: int, event: AuditEvent) -> str:
-    """Build the NOTIFY payload: IDs and status only, always under PostgreSQL's size limit."""
+    """Build the NOTIFY payload: IDs and status only, always under PostgreSQL's size limit.
+
+    The staged statement builds the same payload in SQL; this version serves
+    callers that announce one event at a time.
+    """
     payload = {
         "id": audit_id,
         "event_id": event.event_id,
@@ -169,5 +119,123 @@ def notify_payload(audit_id: int, event: AuditEvent) -> str:
     return json.dumps(slim, separators=(",", ":"))
 
 
-def notify_statement() -> sql.Composable:
-    return sql.SQL("SELECT pg_notify({}, %s)").format(sql.Literal(NOTIFY_CHANNEL))
+# -- the set-based path: COPY into a temporary stage, then one statement per table --
+
+STAGE_COLUMNS = (
+    "seq", "event_id", "tbl", "row_id", "status", "topic", "entity_ids", "trace_id", "occurred_at",
+    "kind", "attempts", "max_attempts", "last_error", "payload", "transition", "started_at", "finished_at",
+    "summary", "row_written",
+)  # fmt: skip
+
+# ON COMMIT DELETE ROWS keeps the stage empty between transactions; write
+# calls inside one transaction empty it themselves.
+CREATE_STAGE = sql.SQL(
+    "CREATE TEMP TABLE IF NOT EXISTS dtc_audit_stage ("
+    "seq integer, event_id uuid, tbl text, row_id text, status text, topic text, entity_ids jsonb, "
+    "trace_id text, occurred_at timestamptz, kind text, attempts integer, max_attempts integer, "
+    "last_error text, payload jsonb, transition text, started_at timestamptz, finished_at timestamptz, "
+    "summary jsonb, row_written boolean) ON COMMIT DELETE ROWS"
+)
+CLEAR_STAGE = sql.SQL("DELETE FROM pg_temp.dtc_audit_stage")
+COPY_STAGE = sql.SQL("COPY pg_temp.dtc_audit_stage ({}) FROM STDIN").format(
+    sql.SQL(", ").join(map(sql.Identifier, STAGE_COLUMNS))
+)
+
+
+def stage_row(seq: int, event: AuditEvent) -> tuple[Any, ...]:
+    d = event.data
+    job = event.table == "job_queue"
+    return (
+        seq, event.event_id, event.table, event.row_id, event.status, event.topic, _json(event.entity_ids),
+        event.trace_id, _ts(event.occurred_at),
+        d.get("kind") if job else None, d.get("attempts") if job else None, d.get("max_attempts") if job else None,
+        d.get("last_error") if job else None, _json(d.get("payload")) if job else None,
+        d.get("transition") if job else None, _ts(d.get("started_at")) if job else None,
+        _ts(d.get("finished_at")) if job else None, _json(d.get("summary")), bool(d.get("row_written")),
+    )  # fmt: skip
+
+
+# One GROUP BY over the stage, with no joins: temporary tables have no
+# statistics, and a join of aggregates over them was planned as nested loops
+# that took seconds per thousand events.
+_STAGED_JOB_UPSERT = """
+WITH per_job AS (
+    SELECT row_id,
+        (array_agg(kind ORDER BY seq DESC))[1] AS kind,
+        (array_agg(status ORDER BY seq DESC))[1] AS status,
+        (array_agg(max_attempts ORDER BY seq DESC))[1] AS max_attempts,
+        (array_agg(occurred_at ORDER BY seq DESC))[1] AS updated_at,
+        (array_agg(finished_at ORDER BY seq DESC))[1] AS finished_at,
+        min(occurred_at) AS created_at,
+        max(attempts) AS attempts,
+        (array_agg(payload ORDER BY seq DESC) FILTER (WHERE payload <> '{{}}'::jsonb))[1] AS payload,
+        (array_agg(last_error ORDER BY seq DESC) FILTER (WHERE last_error IS NOT NULL))[1] AS last_error,
+        (array_agg(trace_id ORDER BY seq) FILTER (WHERE trace_id IS NOT NULL))[1] AS trace_id,
+        (array_agg(started_at ORDER BY seq DESC) FILTER (WHERE started_at IS NOT NULL))[1] AS started_at,
+        jsonb_agg(entity_ids ORDER BY seq) AS entity_list
+    FROM pg_temp.dtc_audit_stage
+    WHERE tbl = 'job_queue' AND NOT row_written
+    GROUP BY row_id
+)
+INSERT INTO {s}.job_queue AS j (job_id, kind, status, attempts, max_attempts, last_error, payload,
+    entity_ids, trace_id, created_at, updated_at, started_at, finished_at)
+SELECT row_id, kind, status, coalesce(attempts, 0), coalesce(max_attempts, 1), last_error,
+    coalesce(payload, '{{}}'::jsonb),
+    coalesce((SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_array_elements(entity_list) AS x,
+              LATERAL jsonb_each(x) AS e), '{{}}'::jsonb),
+    trace_id, created_at, updated_at, started_at, finished_at
+FROM per_job
+ON CONFLICT (job_id) DO UPDATE SET
+    status = EXCLUDED.status,
+    attempts = GREATEST(j.attempts, EXCLUDED.attempts),
+    max_attempts = EXCLUDED.max_attempts,
+    last_error = COALESCE(EXCLUDED.last_error, j.last_error),
+    payload = CASE WHEN EXCLUDED.payload = '{{}}'::jsonb THEN j.payload ELSE EXCLUDED.payload END,
+    entity_ids = j.entity_ids || EXCLUDED.entity_ids,
+    trace_id = COALESCE(j.trace_id, EXCLUDED.trace_id),
+    updated_at = EXCLUDED.updated_at,
+    started_at = COALESCE(EXCLUDED.started_at, j.started_at),
+    finished_at = EXCLUDED.finished_at
+WHERE j.updated_at <= EXCLUDED.updated_at
+"""
+
+_STAGED_JOB_EVENTS = """
+INSERT INTO {s}.job_events (event_id, job_id, kind, transition, attempt, error, trace_id, occurred_at)
+SELECT event_id, row_id, kind, transition, attempts, last_error, trace_id, occurred_at
+FROM pg_temp.dtc_audit_stage
+WHERE tbl = 'job_queue' AND transition IS NOT NULL AND NOT row_written
+ORDER BY seq
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+# New audit_events rows and their NOTIFY in one statement. A payload over the
+# limit is replaced by a reference, as notify_payload() does.
+_STAGED_AUDIT_EVENTS = """
+WITH inserted AS (
+    INSERT INTO {s}.audit_events (event_id, topic, source_table, row_id, status, payload, entity_ids, trace_id, created_at)
+    SELECT event_id, topic, tbl, row_id, status, coalesce(summary, '{{}}'::jsonb), coalesce(entity_ids, '{{}}'::jsonb),
+        trace_id, occurred_at
+    FROM pg_temp.dtc_audit_stage ORDER BY seq
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING id, event_id, topic, source_table, row_id, status, entity_ids
+), bodies AS (
+    SELECT id, event_id, json_build_object('id', id, 'event_id', event_id, 'topic', topic, 'table', source_table,
+        'row_id', row_id, 'status', status, 'entity_ids', entity_ids)::text AS body
+    FROM inserted
+)
+SELECT count(pg_notify({channel}, CASE WHEN octet_length(body) <= {limit} THEN body
+    ELSE json_build_object('id', id, 'event_id', event_id, 'truncated', true)::text END))
+FROM (SELECT * FROM bodies ORDER BY id) AS ordered
+"""
+
+
+def staged_statements(schema: str) -> tuple[sql.Composable, sql.Composable, sql.Composable]:
+    """Return the job upsert, the job history insert and the audit_events-plus-NOTIFY statement."""
+    schema_id = sql.Identifier(schema)
+    return (
+        sql.SQL(_STAGED_JOB_UPSERT).format(s=schema_id),
+        sql.SQL(_STAGED_JOB_EVENTS).format(s=schema_id),
+        sql.SQL(_STAGED_AUDIT_EVENTS).format(
+            s=schema_id, channel=sql.Literal(NOTIFY_CHANNEL), limit=sql.Literal(MAX_NOTIFY_BYTES)
+        ),
+    )

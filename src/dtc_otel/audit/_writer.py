@@ -33,11 +33,12 @@ from tenacity import wait_exponential
 from dtc_otel._ratelimit import log_once_per_interval
 from dtc_otel.audit._events import AuditEvent
 from dtc_otel.audit._sql import (
-    audit_event_params,
-    audit_event_statement,
+    CLEAR_STAGE,
+    COPY_STAGE,
+    CREATE_STAGE,
     event_statements,
-    notify_payload,
-    notify_statement,
+    stage_row,
+    staged_statements,
 )
 
 __all__ = ["AuditWriter", "WriterStats", "write_batch"]
@@ -86,27 +87,32 @@ class WriterStats:
 def write_batch(conn: psycopg.Connection[Any], schema: str, events: list[AuditEvent]) -> int:
     """Write *events* and announce the new ones, inside the caller's transaction.
 
-    Returns the number of ``audit_events`` rows inserted: events already
-    written before (same event ID) are neither inserted nor announced again.
+    The events are copied into a temporary stage table with COPY, then each
+    table is written by one set-based statement, which is several times
+    faster than a statement per event. Returns the number of ``audit_events``
+    rows inserted: events already written (same event ID) are neither
+    inserted nor announced again.
     """
+    job_upsert, job_history, announce = staged_statements(schema)
+    has_jobs = False
     with conn.cursor() as cursor:
-        for statement, rows in event_statements(schema, events):
+        cursor.execute(CREATE_STAGE)
+        cursor.execute(CLEAR_STAGE)
+        with cursor.copy(COPY_STAGE) as copy:
+            for seq, event in enumerate(events):
+                copy.write_row(stage_row(seq, event))
+                has_jobs = has_jobs or (event.table == "job_queue" and not event.data.get("row_written"))
+
+        # Rarer tables (webhooks, markers, checkpoints) keep a statement per event.
+        for statement, rows in event_statements(schema, [e for e in events if e.table != "job_queue"]):
             cursor.executemany(statement, rows)
+        if has_jobs:
+            cursor.execute(job_upsert)
+            cursor.execute(job_history)
+        row = cursor.execute(announce).fetchone()
+        cursor.execute(CLEAR_STAGE)
 
-        cursor.executemany(audit_event_statement(schema), [audit_event_params(e) for e in events], returning=True)
-        inserted: dict[str, int] = {}
-        while True:
-            row = cursor.fetchone()
-            if row is not None:
-                inserted[str(row[1])] = row[0]
-            if not cursor.nextset():
-                break
-
-        payloads = [(notify_payload(inserted[e.event_id], e),) for e in events if e.event_id in inserted]
-        if payloads:
-            cursor.executemany(notify_statement(), payloads)
-
-    return len(payloads)
+    return int(row[0]) if row else 0
 
 
 class AuditWriter:
