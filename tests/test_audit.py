@@ -322,3 +322,31 @@ class TestOutages:
         assert len(ids) == 3000
         assert set(ids) == {e.event_id for e in events}
         assert writer.stats.dropped == 0
+
+
+def test_writer_health_exported_as_metrics(tmp_path) -> None:
+    """Queue depth, spool size and counters reach an OpenTelemetry metric reader."""
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    writer = AuditWriter("postgresql://postgres@127.0.0.1:1/none", SCHEMA, tmp_path, max_queue=2)
+    for index in range(5):
+        writer.enqueue(AuditEvent(table="checkpoints", row_id="a", status="saved", data={"position": index}))
+
+    values = {
+        metric.name: [point.value for point in metric.data.data_points]
+        for resource in reader.get_metrics_data().resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    writer.shutdown(0.5)
+
+    # The writer thread may hold some events in its batch, so at least the
+    # overflow beyond queue plus batch reached the spool.
+    assert values["dtc_otel.audit.events_spooled"][0] >= 1
+    assert values["dtc_otel.audit.spool_size"][0] > 0
+    assert "dtc_otel.audit.queue_depth" in values
+    assert values["dtc_otel.audit.events_dropped"] == [0]

@@ -102,7 +102,9 @@ def configure(settings: Settings | None = None) -> TracerProvider | None:
 
         _configure_audit(settings)
         provider.add_span_processor(AuditSpanProcessor())
+        provider._dtc_otel_audit = True  # type: ignore[attr-defined]
     trace.set_tracer_provider(provider)
+    _configure_metrics()
     propagate.set_global_textmap(DtcPropagator(propagate.get_global_textmap(), settings))
     _partners.configure(settings)
     _state.provider = provider
@@ -130,3 +132,28 @@ def _configure_audit(settings: Settings) -> None:
         settings.audit_schema,
         settings.audit_spool_dir or default_spool_dir(settings.audit_schema),
     )
+
+
+def _configure_metrics() -> None:
+    # Metrics stay off unless asked for: a meter provider also turns on
+    # FastAPI's own per-request metrics, which cost time on every request.
+    exporter_name = os.environ.get("OTEL_METRICS_EXPORTER", "none").strip().lower()
+    if exporter_name in ("", "none"):
+        return
+
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
+
+    if exporter_name == "console":
+        exporter: object = ConsoleMetricExporter()
+    elif exporter_name == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        exporter = OTLPMetricExporter()
+    else:
+        _logger.error("OTEL_METRICS_EXPORTER=%r is not supported; expected otlp, console or none", exporter_name)
+        return
+
+    reader = PeriodicExportingMetricReader(exporter)  # type: ignore[arg-type]
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader], resource=_state.provider.resource if _state.provider else None))

@@ -159,6 +159,7 @@ class AuditWriter:
                 writer._reset_state()
 
         os.register_at_fork(after_in_child=after_fork)
+        _register_metrics(self_ref)
 
     def _reset_state(self) -> None:
         self._queue: collections.deque[AuditEvent] = collections.deque()
@@ -422,6 +423,54 @@ class AuditWriter:
             path.write_text(json.dumps(health), encoding="utf-8")
         except OSError:
             pass
+
+
+# Every writer of this process; the metric callbacks report their sum. The
+# instruments are registered once, because the SDK keeps the callbacks of the
+# first registration of a name and ignores later ones.
+_live_writers: weakref.WeakSet[AuditWriter] = weakref.WeakSet()
+_metrics_registered = False
+
+
+def _register_metrics(writer_ref: weakref.ReferenceType[AuditWriter]) -> None:
+    """Publish the writers' health as OpenTelemetry metrics, read when a metric reader collects."""
+    global _metrics_registered
+
+    writer = writer_ref()
+    if writer is not None:
+        _live_writers.add(writer)
+    if _metrics_registered:
+        return
+    _metrics_registered = True
+
+    from opentelemetry import metrics
+    from opentelemetry.metrics import CallbackOptions, Observation
+
+    meter = metrics.get_meter("dtc_otel.audit")
+
+    def total(read: Any) -> Any:
+        def callback(options: CallbackOptions) -> list[Observation]:
+            return [Observation(sum(read(w) for w in list(_live_writers)))]
+
+        return callback
+
+    meter.create_observable_gauge("dtc_otel.audit.queue_depth", [total(lambda w: w.queue_depth())], unit="{event}",
+                                  description="Audit events waiting in memory.")  # fmt: skip
+    meter.create_observable_gauge("dtc_otel.audit.spool_size", [total(lambda w: w.spool_bytes())], unit="By",
+                                  description="Bytes of audit events waiting in the spool folder.")  # fmt: skip
+    meter.create_observable_gauge("dtc_otel.audit.batch_size", [total(lambda w: w.stats.last_batch_size)], unit="{event}",
+                                  description="Events in the latest batch written.")  # fmt: skip
+    meter.create_observable_gauge("dtc_otel.audit.batch_duration", [total(lambda w: w.stats.last_batch_ms / 1000)], unit="s",
+                                  description="Time to write the latest batch.")  # fmt: skip
+    for name, field_name, description in (
+        ("dtc_otel.audit.events_written", "written", "Audit events written to PostgreSQL."),
+        ("dtc_otel.audit.retries", "retries", "Failed batch writes that were retried."),
+        ("dtc_otel.audit.events_spooled", "spooled", "Audit events written to the spool folder."),
+        ("dtc_otel.audit.events_dropped", "dropped", "Audit events lost because the spool was full or unwritable."),
+    ):
+        meter.create_observable_counter(
+            name, [total(lambda w, f=field_name: getattr(w.stats, f))], unit="{event}", description=description
+        )
 
 
 class _RetryState:
