@@ -41,7 +41,10 @@ def test_portal_demo_logs_match_exported_spans(launch, receiver, database_url) -
 
 
 def run_demo(launch, database_url: str):
-    app = launch(["python", "examples/portal/app.py", "--demo", "--port", "0"], cwd=ROOT, DTC_OTEL_DATABASE_URL=database_url)
+    """Run the portal demo under dtc-otel-run against *database_url*; return it after it exited 0."""
+    app = launch(
+        ["python", "examples/portal/app.py", "--demo", "--port", "0"], cwd=ROOT, DTC_OTEL_DATABASE_URL=database_url
+    )
     assert app.process.wait(120) == 0, app.output()
     return app
 
@@ -68,11 +71,16 @@ def test_portal_demo_writes_audit_tables(launch, receiver, database_url) -> None
         assert job["entity_ids"]["customer_id"] == 7, job
         assert job["max_attempts"] == 3, job
 
-    retried = next(job for job in jobs if job["kind"] == "prepare_quote_documents" and job["entity_ids"]["quote_id"] == 44)
+    retried = next(
+        job for job in jobs if job["kind"] == "prepare_quote_documents" and job["entity_ids"]["quote_id"] == 44
+    )
     assert retried["attempts"] == 2
     assert "DocumentRendererTimeout" in retried["last_error"]
-    events = fetch_all(database_url, "SELECT * FROM dtc_audit.job_events WHERE job_id = %s ORDER BY id", (retried["job_id"],))
-    assert [event["transition"] for event in events] == ["enqueued", "started", "failed", "retrying", "started", "succeeded"]
+    events = fetch_all(
+        database_url, "SELECT * FROM dtc_audit.job_events WHERE job_id = %s ORDER BY id", (retried["job_id"],)
+    )
+    transitions = [event["transition"] for event in events]
+    assert transitions == ["enqueued", "started", "failed", "retrying", "started", "succeeded"]
     assert [event["attempt"] for event in events] == [0, 1, 1, 1, 2, 2]
     assert "simulated" in events[2]["error"]
 
@@ -95,7 +103,8 @@ def test_portal_demo_writes_audit_tables(launch, receiver, database_url) -> None
     markers = fetch_all(database_url, "SELECT * FROM dtc_audit.audit_markers")
     assert [marker["marker_key"] for marker in markers] == ["portal_welcome_sent:customer_id=7"]
 
-    payments = fetch_all(database_url, "SELECT * FROM payments WHERE partner_charge_id = %s", (f"ch_{first['provider_event_id']}",))
+    charge_id = f"ch_{first['provider_event_id']}"
+    payments = fetch_all(database_url, "SELECT * FROM payments WHERE partner_charge_id = %s", (charge_id,))
     assert len(payments) == 1, "the duplicate delivery recorded a second payment"
 
     spans = receiver.wait_for(lambda spans: any(s.name == "job send_quote_email" for s in spans))
@@ -120,6 +129,7 @@ def test_dtc_otel_entity_lists_demo_rows(launch, receiver, database_url) -> None
     assert len(job_rows) == 2, result.stdout
     assert "trace(s)" in result.stdout
     jobs = fetch_all(database_url, "SELECT trace_id FROM dtc_audit.job_queue WHERE entity_ids @> '{\"quote_id\": 44}'")
+    assert len(jobs) == 2
     for job in jobs:
         assert f"  {job['trace_id']}" in result.stdout
 

@@ -1,8 +1,8 @@
 """Customer portal example: quotes, invoices and payments on FastAPI, Postgres and a partner API.
 
-This is a plain application that does not import dtc_otel. Run it as
-`dtc-otel-run python examples/portal/app.py --demo` to see it instrumented from outside,
-or as `python examples/portal/app.py` without instrumentation.
+Run it as `dtc-otel-run python examples/portal/app.py --demo` to see it instrumented from
+outside, or as `python examples/portal/app.py` without instrumentation. Its only imports of
+dtc_otel are in entities.py and audit_hooks.py, and both fall back when dtc_otel is missing.
 """
 
 import argparse
@@ -16,40 +16,51 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+import audit_hooks
 import db
 import embedded_pg
 import partner_client
 import partner_process
+import payment_webhooks
 import routes
 
 DATABASE_URL_ENV = "DTC_OTEL_DATABASE_URL"
+AUDIT_FLUSH_TIMEOUT_SECONDS = 5.0
 
 log = structlog.get_logger()
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    """Start the partner API and the database for the app's lifetime. Stop them in reverse order."""
+    """Start the partner API, the database and the audit trail for the app's lifetime. Stop them in reverse order."""
     async with AsyncExitStack() as stack:
         app.state.partner_url = await stack.enter_async_context(partner_process.run_partner())
         stack.push_async_callback(partner_client.http_client.aclose)
 
         database_url = os.environ.get(DATABASE_URL_ENV)
+        app.state.embedded_database = not database_url
         if not database_url:
             data_dir = embedded_pg.default_data_dir()
             database_url = await stack.enter_async_context(embedded_pg.embedded_postgres_url(data_dir))
+        app.state.database_url = database_url
 
         app.state.db_pool = await stack.enter_async_context(db.open_pool(database_url))
         # main() sets reset_seed_data for --demo. Other runs keep existing rows.
         await db.create_schema_and_seed(app.state.db_pool, reset=getattr(app.state, "reset_seed_data", False))
+        # The embedded server's URL names its Unix socket directory; the audit writer uses it as it is.
+        app.state.audit_enabled = await asyncio.to_thread(audit_hooks.configure, database_url)
 
-        log.info("portal started", embedded_database=not os.environ.get(DATABASE_URL_ENV))
+        log.info("portal started", embedded_database=app.state.embedded_database, audit=app.state.audit_enabled)
         yield
         log.info("portal stopping")
+        # uvicorn has finished the background jobs by now. The embedded database stops
+        # next, so the audit rows must be written before that.
+        await asyncio.to_thread(audit_hooks.flush, AUDIT_FLUSH_TIMEOUT_SECONDS)
 
 
 app = FastAPI(title="Customer portal", lifespan=lifespan)
 app.include_router(routes.router)
+app.include_router(payment_webhooks.router)
 
 
 @app.exception_handler(Exception)

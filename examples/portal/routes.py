@@ -2,14 +2,17 @@
 
 from dataclasses import asdict
 
+import psycopg
 import structlog
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+import audit_hooks
 import db
 import partner_client
+import quote_jobs
 from entities import bind
 from partner_client import PartnerError
 
@@ -76,9 +79,25 @@ async def read_quote(quote_id: int, request: Request):
     return asdict(quote)
 
 
+async def send_welcome_mail_once(customer_id: int) -> None:
+    """Send the welcome mail (simulated by a log line) when this is the customer's first approved quote."""
+    try:
+        first = await audit_hooks.mark_once("portal_welcome_sent", customer_id=customer_id)
+    except psycopg.Error as exc:
+        # The approval is committed, so a failed marker write must not turn it into a 500.
+        log.warning(
+            "welcome marker not written, welcome mail skipped",
+            customer_id=customer_id,
+            error_type=type(exc).__qualname__,
+        )
+        return
+    if first:
+        log.info("welcome mail sent", customer_id=customer_id)
+
+
 @router.post("/quotes/{quote_id}/approve")
-async def approve_quote(quote_id: int, request: Request):
-    """Book a pending quote with the partner, mark it approved and create its invoice."""
+async def approve_quote(quote_id: int, request: Request, background_tasks: BackgroundTasks):
+    """Book a pending quote with the partner, mark it approved, create its invoice and start the follow-up jobs."""
     pool = request.app.state.db_pool
     quote = await db.fetch_quote(pool, quote_id)
     if quote is None:
@@ -110,6 +129,9 @@ async def approve_quote(quote_id: int, request: Request):
         amount_cents=invoice.amount_cents,
         partner_request_id=booking.partner_request_id,
     )
+    job_id, job_payload = quote_jobs.enqueue_quote_documents(quote_id, quote.customer_id, invoice.id)
+    background_tasks.add_task(quote_jobs.run_approval_jobs, job_id, job_payload)
+    await send_welcome_mail_once(quote.customer_id)
     return {"quote_id": quote_id, "status": "approved", "booking_id": booking.booking_id, "invoice": asdict(invoice)}
 
 
