@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, Sp
 
 from dtc_otel._config import ConfigError, Settings
 from dtc_otel._ratelimit import RateLimitFilter, log_once_per_interval
+from dtc_otel._span_redaction import redact_spans
 
 __all__ = ["GuardedExporter", "build_exporters", "quiet_exporter_loggers"]
 
@@ -57,7 +58,8 @@ class GuardedExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
-            result = self._exporter.export(spans)
+            # Secrets are masked here, on the export thread, for every exporter.
+            result = self._exporter.export(redact_spans(spans))
         except Exception:  # noqa: BLE001 - an export error must never reach the app
             result = SpanExportResult.FAILURE
             log_once_per_interval(

@@ -17,7 +17,10 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 
-__all__ = ["add_trace_ids", "configure_logging", "install_into_structlog_configure"]
+from dtc_otel._redaction import MASK, default_redactor
+from dtc_otel._summaries import summarize, summarize_if_large
+
+__all__ = ["add_trace_ids", "configure_logging", "install_into_structlog_configure", "redact_event"]
 
 _get_current_span = trace.get_current_span
 
@@ -46,6 +49,41 @@ def add_trace_ids(
         _last_context = context
 
     event_dict["trace_id"], event_dict["span_id"] = _last_ids
+
+    return event_dict
+
+
+# Keys the chain itself adds; their values are never secrets and are not scanned.
+_NOT_SCANNED = frozenset({"timestamp", "level", "logger", "trace_id", "span_id", "_record", "_from_structlog", "logger_name"})
+
+
+class _RedactionSettings:
+    max_value_bytes = 2048
+
+
+_redaction_settings = _RedactionSettings()
+
+
+def redact_event(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Mask secrets in every field of the line, and summarize values over the size limit.
+
+    The message (``event``) is scanned for secret patterns but never masked
+    whole; other fields are masked whole when their key names a secret.
+    """
+    redactor = default_redactor()
+    limit = _redaction_settings.max_value_bytes
+    for key, value in event_dict.items():
+        if key in _NOT_SCANNED:
+            continue
+        if key != "event" and redactor.is_sensitive_key(key):
+            if value not in (None, ""):
+                event_dict[key] = MASK
+            continue
+        if isinstance(value, str):
+            masked = redactor.redact_text(value)
+            event_dict[key] = masked if len(masked) <= limit or key == "exception" else summarize(masked)
+        elif isinstance(value, (dict, list, tuple, set, bytes, bytearray)):
+            event_dict[key] = summarize_if_large(redactor.redact(value), limit)
 
     return event_dict
 
@@ -137,7 +175,7 @@ def stdlib_formatter() -> logging.Formatter | None:
     return _chain.formatter
 
 
-def configure_logging(*, log_format: str, log_level: str) -> None:
+def configure_logging(*, log_format: str, log_level: str, max_value_bytes: int = 2048) -> None:
     """Route structlog and stdlib logging through one chain with trace IDs.
 
     The app's own setup is respected. A root logger that already has handlers
@@ -145,6 +183,7 @@ def configure_logging(*, log_format: str, log_level: str) -> None:
     so itself. A later ``structlog.configure`` call from the app keeps its own
     processors and gains :func:`add_trace_ids`.
     """
+    _redaction_settings.max_value_bytes = max_value_bytes
     renderer = _renderer(log_format)
     shared = _shared_processors()
     level = logging.getLevelName(log_level)
@@ -159,6 +198,7 @@ def configure_logging(*, log_format: str, log_level: str) -> None:
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            redact_event,
             renderer,
         ],
     )
@@ -181,6 +221,7 @@ def configure_logging(*, log_format: str, log_level: str) -> None:
                 *shared,
                 structlog.processors.StackInfoRenderer(),
                 structlog.processors.format_exc_info,
+                redact_event,
                 renderer,
             ],
             wrapper_class=structlog.make_filtering_bound_logger(level),
@@ -193,16 +234,23 @@ def configure_logging(*, log_format: str, log_level: str) -> None:
     install_into_structlog_configure()
 
 
-def _insert_trace_processor(config: dict[str, Any]) -> list[Any] | None:
-    processors = list(config.get("processors") or [])
+def _with_our_processors(processors: list[Any]) -> list[Any]:
+    """Insert redaction and trace IDs before the app's renderer, unless already there."""
     if add_trace_ids in processors or not processors:
-        return None
+        return processors
 
     # Before the renderer, which turns the event dict into a string.
-    processors.insert(len(processors) - 1, add_trace_ids)
-    structlog.configure(processors=processors)
+    return [*processors[:-1], redact_event, add_trace_ids, processors[-1]]
 
-    return processors
+
+def _insert_trace_processor(config: dict[str, Any]) -> list[Any] | None:
+    processors = list(config.get("processors") or [])
+    updated = _with_our_processors(processors)
+    if updated is processors:
+        return None
+    structlog.configure(processors=updated)
+
+    return updated
 
 
 _original_configure = structlog.configure
@@ -215,10 +263,8 @@ def install_into_structlog_configure() -> None:
 
     def configure(*args: Any, **kwargs: Any) -> None:
         processors = kwargs.get("processors")
-        if processors is not None and add_trace_ids not in processors and processors:
-            processors = list(processors)
-            processors.insert(len(processors) - 1, add_trace_ids)
-            kwargs["processors"] = processors
+        if processors:
+            kwargs["processors"] = _with_our_processors(list(processors))
         _original_configure(*args, **kwargs)
 
     configure._dtc_otel = True  # type: ignore[attr-defined]

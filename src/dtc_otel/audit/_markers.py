@@ -9,6 +9,7 @@ from typing import Any
 from opentelemetry import trace
 
 from dtc_otel._entities import bound_entities
+from dtc_otel._redaction import redact
 from dtc_otel.audit._events import AuditEvent
 from dtc_otel.audit._state import audit_state
 from dtc_otel.audit._writer import write_batch
@@ -52,7 +53,7 @@ def mark_once(name: str, *, details: dict[str, Any] | None = None, **entity_ids:
                 row = conn.execute(
                     f"INSERT INTO {_schema()}.audit_markers (marker_key, name, entity_ids, details, trace_id) "
                     "VALUES (%s, %s, %s::jsonb, %s::jsonb, %s) ON CONFLICT (marker_key) DO NOTHING RETURNING marker_key",
-                    (key, name, _json(entities), _json(details or {}), event.trace_id),
+                    (redact(key), name, _json(redact(entities)), _json(redact(details or {})), event.trace_id),
                 ).fetchone()
                 first = row is not None
                 if first:

@@ -14,6 +14,7 @@ from typing import Any
 
 from psycopg import sql
 
+from dtc_otel._redaction import default_redactor
 from dtc_otel.audit._events import NOTIFY_CHANNEL, AuditEvent
 
 __all__ = ["MAX_NOTIFY_BYTES", "Statement", "event_statements", "notify_payload", "stage_row", "staged_statements"]
@@ -65,16 +66,17 @@ def _row_params(event: AuditEvent) -> tuple[str, Sequence[Any]]:
     if event.table == "webhook_logs":
         return _WEBHOOK_UPSERT, (
             event.row_id, d["provider"], d.get("event_type"), d.get("provider_event_id"), d.get("raw_body", b""),
-            _json(d.get("headers")), d.get("signature_valid"), d.get("signature_reason"), d.get("duplicate_of"),
-            d.get("status_code"), d.get("processing_error"), _json(event.entity_ids), event.trace_id,
+            _json(_clean(d.get("headers"))), d.get("signature_valid"), d.get("signature_reason"), d.get("duplicate_of"),
+            d.get("status_code"), _clean(d.get("processing_error")), _json(_clean(event.entity_ids)), event.trace_id,
             _ts(d.get("received_at")) or at, _ts(d.get("processed_at")),
         )  # fmt: skip
     if event.table == "audit_markers":
         return _MARKER_INSERT, (
-            event.row_id, d["name"], _json(event.entity_ids), _json(d.get("details")), event.trace_id, at,
+            _clean(event.row_id), d["name"], _json(_clean(event.entity_ids)), _json(_clean(d.get("details"))),
+            event.trace_id, at,
         )  # fmt: skip
     if event.table == "checkpoints":
-        return _CHECKPOINT_UPSERT, (event.row_id, json.dumps(d["position"], default=str), event.trace_id, at)
+        return _CHECKPOINT_UPSERT, (event.row_id, json.dumps(_clean(d["position"]), default=str), event.trace_id, at)
 
     raise ValueError(f"no row statement for audit table {event.table!r}")
 
@@ -142,16 +144,22 @@ COPY_STAGE = sql.SQL("COPY pg_temp.dtc_audit_stage ({}) FROM STDIN").format(
 )
 
 
+def _clean(value: Any, key: str | None = None) -> Any:
+    # Every audit column except a webhook's raw body is masked for secrets
+    # before it is written; this runs on the writer thread.
+    return default_redactor().redact(value, key) if value is not None else None
+
+
 def stage_row(seq: int, event: AuditEvent) -> tuple[Any, ...]:
     d = event.data
     job = event.table == "job_queue"
     return (
-        seq, event.event_id, event.table, event.row_id, event.status, event.topic, _json(event.entity_ids),
-        event.trace_id, _ts(event.occurred_at),
+        seq, event.event_id, event.table, _clean(event.row_id), _clean(event.status), _clean(event.topic),
+        _json(_clean(event.entity_ids)), event.trace_id, _ts(event.occurred_at),
         d.get("kind") if job else None, d.get("attempts") if job else None, d.get("max_attempts") if job else None,
-        d.get("last_error") if job else None, _json(d.get("payload")) if job else None,
+        _clean(d.get("last_error")) if job else None, _json(_clean(d.get("payload"))) if job else None,
         d.get("transition") if job else None, _ts(d.get("started_at")) if job else None,
-        _ts(d.get("finished_at")) if job else None, _json(d.get("summary")), bool(d.get("row_written")),
+        _ts(d.get("finished_at")) if job else None, _json(_clean(d.get("summary"))), bool(d.get("row_written")),
     )  # fmt: skip
 
 

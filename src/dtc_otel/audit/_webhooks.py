@@ -22,6 +22,7 @@ from opentelemetry import trace
 from starlette.requests import Request
 
 from dtc_otel._entities import bound_entities
+from dtc_otel._redaction import redact
 from dtc_otel.audit._events import AuditEvent
 from dtc_otel.audit._state import audit_state
 from dtc_otel.audit._verifiers import VerificationResult, WebhookVerifier
@@ -158,11 +159,11 @@ class WebhookReceiver:
             "event_type": _lookup(payload, self.event_type),
             "provider_event_id": _lookup(payload, self.event_id),
             "raw_body": body,
-            "headers": stored_headers(headers),
+            "headers": redact(stored_headers(headers)),
             "signature_valid": result.valid,
             "signature_reason": result.reason,
             "status_code": None if result.valid else (413 if result.reason == "payload_too_large" else 400 if result.reason == "unparsable_body" else 401),
-            "entity_ids": dict(bound_entities()),
+            "entity_ids": redact(dict(bound_entities())),
             "trace_id": format(span_context.trace_id, "032x") if span_context.is_valid else None,
         }
         record_id, duplicate_of = await asyncio.to_thread(_insert_delivery, row)

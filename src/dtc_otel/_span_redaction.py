@@ -1,0 +1,81 @@
+"""Mask secrets in finished spans before they are exported.
+
+Runs on the batch processor's worker thread, so it costs the request nothing.
+A span that needs no change is passed on as it is; one that does is copied
+with masked attributes, event attributes (exception messages and stack
+traces included), link attributes and status description.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.trace import Link, Status
+
+from dtc_otel._redaction import Redactor, default_redactor
+
+__all__ = ["redact_spans"]
+
+
+def _attributes(redactor: Redactor, attributes: Any) -> tuple[dict[str, Any], bool]:
+    if not attributes:
+        return {}, False
+    changed = False
+    result = {}
+    for key, value in attributes.items():
+        masked = redactor.redact(value, key)
+        if masked is not value and masked != value:
+            changed = True
+        result[key] = masked
+
+    return result, changed
+
+
+def _redact_span(redactor: Redactor, span: ReadableSpan) -> ReadableSpan:
+    attributes, changed = _attributes(redactor, span.attributes)
+
+    events = []
+    for event in span.events:
+        event_attributes, event_changed = _attributes(redactor, event.attributes)
+        changed = changed or event_changed
+        events.append(Event(event.name, event_attributes, event.timestamp) if event_changed else event)
+
+    links = []
+    for link in span.links:
+        link_attributes, link_changed = _attributes(redactor, link.attributes)
+        changed = changed or link_changed
+        links.append(Link(link.context, link_attributes) if link_changed else link)
+
+    status = span.status
+    if status.description:
+        description = redactor.redact_text(status.description)
+        if description != status.description:
+            changed = True
+            status = Status(status.status_code, description)
+
+    if not changed:
+        return span
+
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=attributes,
+        events=events,
+        links=links,
+        kind=span.kind,
+        status=status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+def redact_spans(spans: Sequence[ReadableSpan], redactor: Redactor | None = None) -> list[ReadableSpan]:
+    """Return *spans* with secrets masked; unchanged spans are the same objects."""
+    redactor = redactor or default_redactor()
+
+    return [_redact_span(redactor, span) for span in spans]
