@@ -83,6 +83,23 @@ def test_duplicate_delivery_points_at_first(webhook_app) -> None:
     assert rows[0]["duplicate_of"] is None
 
 
+def test_retry_after_failure_is_processed(webhook_app) -> None:
+    """A repeat of a delivery whose handler failed is processed again, not called a duplicate."""
+    base, _, url = webhook_app
+    payload = {"id": "evt_retry", "type": "explode", "data": {"quote_id": 5}}
+
+    first = _post(base, payload)
+    _rows(url)
+    second = _post(base, {**payload, "type": "payment.succeeded"})
+
+    assert first.status_code == 500
+    assert second.json() == {"status": "processed"}
+    rows = _rows(url)
+    assert rows[0]["superseded"] is True
+    assert rows[1]["retry_of"] == rows[0]["id"]
+    assert rows[1]["duplicate_of"] is None
+
+
 @pytest.mark.parametrize(
     ("kind", "status", "reason"),
     [

@@ -71,15 +71,11 @@ def flush(timeout_seconds: float) -> bool:
     """
     if not enabled:
         return True
-    # NOTE: dtc_otel.audit has no public flush, so this reads its process state.
-    from dtc_otel.audit._state import audit_state
+    from dtc_otel import audit
 
-    writer = audit_state.writer
-    flushed = writer.flush(timeout_seconds) if writer is not None else True
+    flushed = audit.flush(timeout_seconds)
     if not flushed:
-        log.warning(
-            "audit writer did not flush in time", timeout_seconds=timeout_seconds, queue_depth=writer.queue_depth()
-        )
+        log.warning("audit writer did not flush in time", timeout_seconds=timeout_seconds)
     return flushed
 
 

@@ -47,10 +47,9 @@ async def receive_payment_webhook(request: Request, delivery: Any = Depends(rece
     """Record the payment of a verified payment.succeeded event; ignore other event types.
 
     dtc-otel's receiver has already stored the delivery and checked its signature.
-    A repeat of an event ID that arrived before returns 200 without a second payment.
+    A repeat of an event ID that was handled before returns 200 without a second payment;
+    a repeat of one that failed is processed again.
     """
-    # NOTE: dtc-otel marks a repeat as a duplicate even when the first delivery failed (404, 500),
-    # so the provider's retry after such a failure gets 200 here and is not processed.
     if delivery.duplicate:
         log.info("payment webhook duplicate ignored", provider_event_id=delivery.provider_event_id)
         return {"status": "duplicate"}

@@ -14,7 +14,7 @@ incident questions.
 
 from __future__ import annotations
 
-from dtc_otel.audit._configure import configure
+from dtc_otel.audit._configure import configure, flush
 from dtc_otel.audit._events import NOTIFY_CHANNEL, AuditEvent
 from dtc_otel.audit._jobs import JobAttempt, enqueue, job, job_handler
 from dtc_otel.audit._markers import (
@@ -62,6 +62,7 @@ __all__ = [
     "asave_checkpoint",
     "configure",
     "enqueue",
+    "flush",
     "job",
     "job_handler",
     "mark_once",

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from opentelemetry import trace
 
 from dtc_otel.audit._schema import apply_migrations
 from dtc_otel.audit._state import audit_state, default_spool_dir
 from dtc_otel.audit._writer import AuditWriter
 
-__all__ = ["configure"]
+__all__ = ["configure", "flush"]
+
+_logger = logging.getLogger("dtc_otel.audit")
 
 
 def configure(database_url: str, *, schema: str | None = None, migrate: bool = True, spool_dir: str | None = None) -> None:
@@ -20,6 +24,9 @@ def configure(database_url: str, *, schema: str | None = None, migrate: bool = T
     from dtc_otel._setup import current_settings
 
     settings = current_settings()
+    if not settings.audit:
+        _logger.info("audit trail not started: DTC_OTEL_AUDIT is false")
+        return
     schema = schema or settings.audit_schema
     if migrate:
         apply_migrations(database_url, schema)
@@ -33,8 +40,21 @@ def configure(database_url: str, *, schema: str | None = None, migrate: bool = T
 
     provider = trace.get_tracer_provider()
     add = getattr(provider, "add_span_processor", None)
-    if add is not None and not getattr(provider, "_dtc_otel_audit", False):
+    if add is None:
+        # Job attempts are recorded from their spans, so without an SDK
+        # provider only enqueue() would write and every job would stay pending.
+        _logger.warning(
+            "audit trail has no tracer provider to watch job spans; run the app under dtc-otel-run "
+            "or call dtc_otel.configure() before dtc_otel.audit.configure()"
+        )
+    elif not getattr(provider, "_dtc_otel_audit", False):
         from dtc_otel.audit._processor import AuditSpanProcessor
 
         add(AuditSpanProcessor())
         provider._dtc_otel_audit = True  # type: ignore[attr-defined]
+
+
+def flush(timeout: float = 10.0) -> bool:
+    """Wait until every queued audit event is written; return False on timeout or when audit is off."""
+    writer = audit_state.writer
+    return writer.flush(timeout) if writer is not None else False

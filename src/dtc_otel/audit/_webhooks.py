@@ -201,7 +201,12 @@ async def _read_body(request: Any, limit: int) -> bytes | None:
 
 
 def _insert_delivery(row: dict[str, Any]) -> tuple[int, int | None]:
-    """Insert the delivery; return its ID and, for a repeat of a verified event, the first one's ID."""
+    """Insert the delivery; return its ID and, for a repeat of a handled event, the first one's ID.
+
+    A repeat of an event whose earlier delivery failed (status 400 or more,
+    or a handler error) is a retry, not a duplicate: the earlier row is marked
+    ``superseded`` and the new one, with ``retry_of`` set, is processed.
+    """
     from psycopg import errors, sql
 
     schema = sql.Identifier(audit_state.schema)
@@ -225,15 +230,22 @@ def _insert_delivery(row: dict[str, Any]) -> tuple[int, int | None]:
                 return record_id, None
         except errors.UniqueViolation:
             pass
-        # Another delivery of this verified event came first: store this one as its duplicate.
+        # Another delivery of this verified event came first.
         with conn.transaction():
-            original = conn.execute(
+            original, status_code, error = conn.execute(
                 sql.SQL(
-                    "SELECT id FROM {}.webhook_logs WHERE provider = %s AND provider_event_id = %s "
-                    "AND duplicate_of IS NULL AND signature_valid"
+                    "SELECT id, status_code, processing_error FROM {}.webhook_logs WHERE provider = %s "
+                    "AND provider_event_id = %s AND duplicate_of IS NULL AND signature_valid AND NOT superseded "
+                    "FOR UPDATE"
                 ).format(schema),
                 (row["provider"], row["provider_event_id"]),
-            ).fetchone()[0]
+            ).fetchone()
+            if (status_code is not None and status_code >= 400) or error is not None:
+                conn.execute(sql.SQL("UPDATE {}.webhook_logs SET superseded = true WHERE id = %s").format(schema), (original,))
+                record_id = conn.execute(insert, [*values, None]).fetchone()[0]
+                conn.execute(sql.SQL("UPDATE {}.webhook_logs SET retry_of = %s WHERE id = %s").format(schema), (original, record_id))
+                _announce(conn, row, record_id, None)
+                return record_id, None
             record_id = conn.execute(insert, [*values, original]).fetchone()[0]
             _announce(conn, row, record_id, original)
 
