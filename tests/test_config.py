@@ -67,6 +67,9 @@ INVALID = [
     ("DTC_OTEL_PARTNERS", "halo", "name=host-pattern"),
     ("DTC_OTEL_REQUEST_ID_HEADERS", "x request id", "HTTP header names"),
     ("DTC_OTEL_BAGGAGE_KEYS", "quote-id", "entity keys"),
+    ("DTC_OTEL_REDACT_PATTERNS", "(unclosed", "Python regular expressions"),
+    ("DTC_OTEL_LOG_VALUE_MAX_BYTES", "big", "positive whole number of bytes"),
+    ("DTC_OTEL_AUDIT_SCHEMA", "Bad-Name", "lowercase SQL identifier"),
 ]
 
 

@@ -40,6 +40,8 @@ DTC_OTEL_NO_PROPAGATE_HOSTS = "DTC_OTEL_NO_PROPAGATE_HOSTS"
 DTC_OTEL_PARTNER_REQUEST_ID_HEADERS = "DTC_OTEL_PARTNER_REQUEST_ID_HEADERS"
 DTC_OTEL_PARTNERS = "DTC_OTEL_PARTNERS"
 DTC_OTEL_BAGGAGE_KEYS = "DTC_OTEL_BAGGAGE_KEYS"
+DTC_OTEL_LOG_VALUE_MAX_BYTES = "DTC_OTEL_LOG_VALUE_MAX_BYTES"
+DTC_OTEL_REDACT_PATTERNS = "DTC_OTEL_REDACT_PATTERNS"
 DTC_OTEL_AUDIT = "DTC_OTEL_AUDIT"
 DTC_OTEL_AUDIT_SCHEMA = "DTC_OTEL_AUDIT_SCHEMA"
 DTC_OTEL_AUDIT_SPOOL_DIR = "DTC_OTEL_AUDIT_SPOOL_DIR"
@@ -113,6 +115,7 @@ class Settings:
     partner_request_id_headers: tuple[str, ...] = _DEFAULT_PARTNER_REQUEST_ID_HEADERS
     partners: tuple[tuple[str, str], ...] = ()
     baggage_keys: frozenset[str] = frozenset()
+    log_value_max_bytes: int = 2048
     audit: bool = True
     audit_schema: str = "dtc_audit"
     audit_spool_dir: str | None = None
@@ -140,6 +143,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     _check_sampler(env)
     _check_otlp_endpoint(env)
     _check_batch_settings(env)
+    _check_redaction(env)
     for name in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
         _parse_key_values(env, name)
 
@@ -173,6 +177,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         partners=_partners(env),
         baggage_keys=_entity_keys(env),
+        log_value_max_bytes=_positive_int(env, DTC_OTEL_LOG_VALUE_MAX_BYTES, 2048),
         audit=_bool(env, DTC_OTEL_AUDIT, True),
         audit_schema=_schema_name(env),
         audit_spool_dir=(env.get(DTC_OTEL_AUDIT_SPOOL_DIR) or "").strip() or None,
@@ -451,3 +456,29 @@ def _schema_name(env: Mapping[str, str]) -> str:
         raise _invalid(DTC_OTEL_AUDIT_SCHEMA, raw, "a lowercase SQL identifier of at most 63 characters, such as dtc_audit")
 
     return raw.strip()
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    if not raw.strip().isdigit() or int(raw) <= 0:
+        raise _invalid(name, raw, "a positive whole number of bytes, such as 2048")
+
+    return int(raw)
+
+
+def _check_redaction(env: Mapping[str, str]) -> None:
+    raw = env.get(DTC_OTEL_REDACT_PATTERNS)
+    if raw:
+        for line in raw.split("\n"):
+            if not line.strip():
+                continue
+            try:
+                re.compile(line)
+            except re.error as exc:
+                raise _invalid(
+                    DTC_OTEL_REDACT_PATTERNS, line, f"Python regular expressions, one per line ({exc})"
+                ) from exc
+    for name in ("DTC_OTEL_REDACT_EMAILS", "DTC_OTEL_REDACT_PHONES"):
+        _bool(env, name, False)

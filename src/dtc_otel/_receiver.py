@@ -103,6 +103,8 @@ class OTLPReceiver:
     ) -> None:
         self.spans: list[ReceivedSpan] = []
         self.requests = 0
+        # The decoded request bodies as received, for checks on the exact bytes exported.
+        self.bodies: list[bytes] = []
         # Set to an HTTP status such as 503 to make every export fail.
         self.fail_with: int | None = None
         self._on_spans = on_spans
@@ -144,6 +146,7 @@ class OTLPReceiver:
                 elif encoding == "deflate":
                     body = zlib.decompress(body)
                 spans = decode_request(body)
+                receiver.bodies.append(body)
                 receiver._add(spans)
 
                 reply = ExportTraceServiceResponse().SerializeToString()

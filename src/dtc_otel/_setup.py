@@ -85,7 +85,11 @@ def configure(settings: Settings | None = None) -> TracerProvider | None:
 
     _ratelimit.set_interval(settings.export_warning_interval)
     if settings.configure_logging:
-        _logs.configure_logging(log_format=settings.log_format, log_level=settings.log_level)
+        _logs.configure_logging(
+            log_format=settings.log_format,
+            log_level=settings.log_level,
+            max_value_bytes=settings.log_value_max_bytes,
+        )
     quiet_exporter_loggers()
 
     # The SDK's own exit hook could wait for a retrying exporter far longer

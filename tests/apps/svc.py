@@ -173,6 +173,43 @@ if os.environ.get("SVC_WEBHOOK_SECRET"):
             raise RuntimeError("handler failed on purpose")
         return {"status": "processed"}
 
+    @app.post("/leak")
+    async def leak(request: Request) -> dict:
+        """Push every secret of the test corpus through every output the library has."""
+        import json
+        from pathlib import Path
+
+        from opentelemetry import trace as otel_trace
+
+        corpus = json.loads(Path(os.environ["SVC_SECRETS_FILE"]).read_text())
+        values, keyed = corpus["values"], corpus["keyed"]
+        span = otel_trace.get_current_span()
+        for index, value in enumerate(values):
+            log.info(f"message carrying {value}", detail=value, nested={"inner": value})
+            span.set_attribute(f"app.value.{index}", value)
+        log.info("keyed fields", **keyed)
+        logging.getLogger("svc.lib").warning("stdlib line with %s", values[0])
+        for key, value in keyed.items():
+            span.set_attribute(key, value)
+        try:
+            raise ValueError(f"failed with {values[0]} and {values[1]}")
+        except ValueError as exc:
+            log.exception("operation failed")
+            span.record_exception(exc)
+        port = request.url.port
+        await shared_client.get(
+            f"http://app:{corpus['url_password']}@127.0.0.1:{port}/pong?X-Amz-Signature={corpus['url_signature']}&token={corpus['url_token']}"
+        )
+        dtc_otel_bind(quote_id=77)
+        job_id = enqueue("leak_job", {"values": values[:12], **keyed})
+        try:
+            async with job("leak_job", job_id=job_id, payload={}):
+                raise RuntimeError(f"job failed with {values[2]}")
+        except RuntimeError:
+            pass
+        log.info("large payload", payload={"id": 9, "status": "new", "blob": "x" * 5000})
+        return {"ok": True}
+
     @app.post("/jobs/{quote_id}")
     async def run_job(quote_id: int) -> dict:
         dtc_otel_bind(quote_id=quote_id)

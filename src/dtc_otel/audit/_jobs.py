@@ -19,6 +19,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from dtc_otel._entities import bound_entities
+from dtc_otel._retry import RetryLog
 from dtc_otel.audit._events import AuditEvent
 from dtc_otel.audit._state import audit_state
 
@@ -197,6 +198,8 @@ def job_handler(
     """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        retry_log = RetryLog(kind)
+
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
@@ -205,10 +208,14 @@ def job_handler(
                 for attempt in range(1, max_attempts + 1):
                     try:
                         async with JobAttempt(kind, job_id=job_id, attempt=attempt, max_attempts=max_attempts, payload=payload):
-                            return await fn(payload)
-                    except Exception:
+                            result = await fn(payload)
+                        retry_log.succeeded(attempt)
+                        return result
+                    except Exception as exc:
                         if attempt == max_attempts:
+                            retry_log.gave_up(attempt, exc)
                             raise
+                        retry_log.retrying(attempt, exc, backoff(attempt))
                         await asyncio.sleep(backoff(attempt))
                 return None
 
@@ -220,10 +227,14 @@ def job_handler(
             for attempt in range(1, max_attempts + 1):
                 try:
                     with JobAttempt(kind, job_id=job_id, attempt=attempt, max_attempts=max_attempts, payload=payload):
-                        return fn(payload)
-                except Exception:
+                        result = fn(payload)
+                    retry_log.succeeded(attempt)
+                    return result
+                except Exception as exc:
                     if attempt == max_attempts:
+                        retry_log.gave_up(attempt, exc)
                         raise
+                    retry_log.retrying(attempt, exc, backoff(attempt))
                     time.sleep(backoff(attempt))
             return None
 
