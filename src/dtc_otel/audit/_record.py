@@ -7,6 +7,7 @@ change announces nothing.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from dtc_otel.audit._events import AuditEvent
@@ -28,18 +29,20 @@ def record(conn: Any, *events: AuditEvent) -> int:
 async def arecord(conn: Any, *events: AuditEvent) -> int:
     """Write *events* on the async psycopg connection *conn*, in its current transaction."""
     batch = list(events)
-    job_upsert, job_history, announce = staged_statements(audit_state.schema)
+    single_upsert, multi_upsert, job_history, announce = staged_statements(audit_state.schema)
+    jobs = Counter(e.row_id for e in batch if e.table == "job_queue" and not e.data.get("row_written"))
     async with conn.cursor() as cursor:
         await cursor.execute(CREATE_STAGE)
         await cursor.execute(CLEAR_STAGE)
         async with cursor.copy(COPY_STAGE) as copy:
             for seq, event in enumerate(batch):
-                await copy.write_row(stage_row(seq, event))
+                await copy.write_row(stage_row(seq, event, jobs.get(event.row_id, 0) <= 1))
 
         for statement, rows in event_statements(audit_state.schema, [e for e in batch if e.table != "job_queue"]):
             await cursor.executemany(statement, rows)
-        if any(e.table == "job_queue" and not e.data.get("row_written") for e in batch):
-            await cursor.execute(job_upsert)
+        if jobs:
+            await cursor.execute(single_upsert)
+            await cursor.execute(multi_upsert)
             await cursor.execute(job_history)
         row = await (await cursor.execute(announce)).fetchone()
         await cursor.execute(CLEAR_STAGE)

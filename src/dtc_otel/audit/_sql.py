@@ -126,7 +126,7 @@ def notify_payload(audit_id: int, event: AuditEvent) -> str:
 STAGE_COLUMNS = (
     "seq", "event_id", "tbl", "row_id", "status", "topic", "entity_ids", "trace_id", "occurred_at",
     "kind", "attempts", "max_attempts", "last_error", "payload", "transition", "started_at", "finished_at",
-    "summary", "row_written",
+    "summary", "row_written", "single",
 )  # fmt: skip
 
 # ON COMMIT DELETE ROWS keeps the stage empty between transactions; write
@@ -136,7 +136,7 @@ CREATE_STAGE = sql.SQL(
     "seq integer, event_id uuid, tbl text, row_id text, status text, topic text, entity_ids jsonb, "
     "trace_id text, occurred_at timestamptz, kind text, attempts integer, max_attempts integer, "
     "last_error text, payload jsonb, transition text, started_at timestamptz, finished_at timestamptz, "
-    "summary jsonb, row_written boolean) ON COMMIT DELETE ROWS"
+    "summary jsonb, row_written boolean, single boolean) ON COMMIT DELETE ROWS"
 )
 CLEAR_STAGE = sql.SQL("DELETE FROM pg_temp.dtc_audit_stage")
 COPY_STAGE = sql.SQL("COPY pg_temp.dtc_audit_stage ({}) FROM STDIN").format(
@@ -150,7 +150,8 @@ def _clean(value: Any, key: str | None = None) -> Any:
     return default_redactor().redact(value, key) if value is not None else None
 
 
-def stage_row(seq: int, event: AuditEvent) -> tuple[Any, ...]:
+def stage_row(seq: int, event: AuditEvent, single: bool = True) -> tuple[Any, ...]:
+    """Return the stage columns of *event*; *single* tells that no other event of the batch has its row."""
     d = event.data
     job = event.table == "job_queue"
     return (
@@ -160,6 +161,7 @@ def stage_row(seq: int, event: AuditEvent) -> tuple[Any, ...]:
         _clean(d.get("last_error")) if job else None, _json(_clean(d.get("payload"))) if job else None,
         d.get("transition") if job else None, _ts(d.get("started_at")) if job else None,
         _ts(d.get("finished_at")) if job else None, _json(_clean(d.get("summary"))), bool(d.get("row_written")),
+        single,
     )  # fmt: skip
 
 
@@ -182,7 +184,7 @@ WITH per_job AS (
         (array_agg(started_at ORDER BY seq DESC) FILTER (WHERE started_at IS NOT NULL))[1] AS started_at,
         jsonb_agg(entity_ids ORDER BY seq) AS entity_list
     FROM pg_temp.dtc_audit_stage
-    WHERE tbl = 'job_queue' AND NOT row_written
+    WHERE tbl = 'job_queue' AND NOT row_written AND NOT single
     GROUP BY row_id
 )
 INSERT INTO {s}.job_queue AS j (job_id, kind, status, attempts, max_attempts, last_error, payload,
@@ -193,6 +195,29 @@ SELECT row_id, kind, status, coalesce(attempts, 0), coalesce(max_attempts, 1), l
               LATERAL jsonb_each(x) AS e), '{{}}'::jsonb),
     trace_id, created_at, updated_at, started_at, finished_at
 FROM per_job
+ON CONFLICT (job_id) DO UPDATE SET
+    status = EXCLUDED.status,
+    attempts = GREATEST(j.attempts, EXCLUDED.attempts),
+    max_attempts = EXCLUDED.max_attempts,
+    last_error = COALESCE(EXCLUDED.last_error, j.last_error),
+    payload = CASE WHEN EXCLUDED.payload = '{{}}'::jsonb THEN j.payload ELSE EXCLUDED.payload END,
+    entity_ids = j.entity_ids || EXCLUDED.entity_ids,
+    trace_id = COALESCE(j.trace_id, EXCLUDED.trace_id),
+    updated_at = EXCLUDED.updated_at,
+    started_at = COALESCE(EXCLUDED.started_at, j.started_at),
+    finished_at = EXCLUDED.finished_at
+WHERE j.updated_at <= EXCLUDED.updated_at
+"""
+
+# The common case, one event per job in the batch, needs no aggregation.
+_STAGED_SINGLE_JOB_UPSERT = """
+INSERT INTO {s}.job_queue AS j (job_id, kind, status, attempts, max_attempts, last_error, payload,
+    entity_ids, trace_id, created_at, updated_at, started_at, finished_at)
+SELECT row_id, kind, status, coalesce(attempts, 0), coalesce(max_attempts, 1), last_error,
+    coalesce(payload, '{{}}'::jsonb), coalesce(entity_ids, '{{}}'::jsonb), trace_id, occurred_at,
+    occurred_at, started_at, finished_at
+FROM pg_temp.dtc_audit_stage
+WHERE tbl = 'job_queue' AND NOT row_written AND single
 ON CONFLICT (job_id) DO UPDATE SET
     status = EXCLUDED.status,
     attempts = GREATEST(j.attempts, EXCLUDED.attempts),
@@ -237,10 +262,11 @@ FROM (SELECT * FROM bodies ORDER BY id) AS ordered
 """
 
 
-def staged_statements(schema: str) -> tuple[sql.Composable, sql.Composable, sql.Composable]:
-    """Return the job upsert, the job history insert and the audit_events-plus-NOTIFY statement."""
+def staged_statements(schema: str) -> tuple[sql.Composable, sql.Composable, sql.Composable, sql.Composable]:
+    """Return the two job upserts (one event per job, several), the history insert and the announce statement."""
     schema_id = sql.Identifier(schema)
     return (
+        sql.SQL(_STAGED_SINGLE_JOB_UPSERT).format(s=schema_id),
         sql.SQL(_STAGED_JOB_UPSERT).format(s=schema_id),
         sql.SQL(_STAGED_JOB_EVENTS).format(s=schema_id),
         sql.SQL(_STAGED_AUDIT_EVENTS).format(

@@ -14,6 +14,7 @@ dropped) leaves one row.
 from __future__ import annotations
 
 import collections
+from collections import Counter
 import json
 import logging
 import os
@@ -93,21 +94,23 @@ def write_batch(conn: psycopg.Connection[Any], schema: str, events: list[AuditEv
     rows inserted: events already written (same event ID) are neither
     inserted nor announced again.
     """
-    job_upsert, job_history, announce = staged_statements(schema)
-    has_jobs = False
+    single_upsert, multi_upsert, job_history, announce = staged_statements(schema)
+    jobs = Counter(e.row_id for e in events if e.table == "job_queue" and not e.data.get("row_written"))
     with conn.cursor() as cursor:
         cursor.execute(CREATE_STAGE)
         cursor.execute(CLEAR_STAGE)
         with cursor.copy(COPY_STAGE) as copy:
             for seq, event in enumerate(events):
-                copy.write_row(stage_row(seq, event))
-                has_jobs = has_jobs or (event.table == "job_queue" and not event.data.get("row_written"))
+                copy.write_row(stage_row(seq, event, jobs.get(event.row_id, 0) <= 1))
 
         # Rarer tables (webhooks, markers, checkpoints) keep a statement per event.
         for statement, rows in event_statements(schema, [e for e in events if e.table != "job_queue"]):
             cursor.executemany(statement, rows)
-        if has_jobs:
-            cursor.execute(job_upsert)
+        if jobs:
+            if any(count == 1 for count in jobs.values()):
+                cursor.execute(single_upsert)
+            if any(count > 1 for count in jobs.values()):
+                cursor.execute(multi_upsert)
             cursor.execute(job_history)
         row = cursor.execute(announce).fetchone()
         cursor.execute(CLEAR_STAGE)
