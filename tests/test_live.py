@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -19,17 +23,19 @@ import pytest
 from tenacity import wait_fixed
 
 from dtc_otel.audit._schema import apply_migrations
+from dtc_otel.audit._state import audit_state
 from dtc_otel.live import Broadcaster, LiveEvent, Resync, apublish, event_topics, publish
 from dtc_otel.live._settings import listen_url
-from tests.conftest import free_port, wait_http
+from tests.conftest import APPS, free_port, wait_http
 
 SCHEMA = "dtc_audit"
 
 
 @pytest.fixture
-def live_db(database_url: str) -> str:
-    """A fresh database with the audit tables."""
+def live_db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh database with the audit tables, which publish() writes to."""
     apply_migrations(database_url, SCHEMA)
+    monkeypatch.setattr(audit_state, "schema", SCHEMA)
     return database_url
 
 
@@ -238,6 +244,110 @@ def test_catch_up_finds_late_commit(live_db: str) -> None:
             assert live.stats.caught_up == 1
 
     run(scenario())
+
+
+class FreezingProxy:
+    """A TCP proxy on 127.0.0.1 whose open connections can go silent, like a lost network.
+
+    After :meth:`freeze`, bytes on the connections open so far are read and
+    dropped, and nothing is closed, so neither side gets an error. New
+    connections are forwarded as usual.
+    """
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self._target = target
+        self._frozen: list[dict[str, bool]] = []
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self._target)
+            state = {"frozen": False}
+            self._frozen.append(state)
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, state), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, state), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket, state: dict[str, bool]) -> None:
+        try:
+            while data := source.recv(65536):
+                if not state["frozen"]:
+                    target.sendall(data)
+            if not state["frozen"]:
+                # Pass the end of the stream on, as PostgreSQL's reply to a cancel request needs.
+                target.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def freeze(self) -> None:
+        for state in self._frozen:
+            state["frozen"] = True
+
+    def close(self) -> None:
+        self._listener.close()
+        for sock in self._sockets:
+            sock.close()
+
+
+def test_silent_network_loss_detected(live_db: str) -> None:
+    """A LISTEN connection that goes silent is replaced, and the events sent meanwhile arrive."""
+    parts = urlsplit(live_db)
+    proxy = FreezingProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    credentials = parts.netloc.rpartition("@")[0]
+    through_proxy = parts._replace(netloc=f"{credentials}@127.0.0.1:{proxy.port}".lstrip("@")).geturl()
+
+    async def scenario() -> None:
+        live = Broadcaster(through_proxy, database_url=live_db, schema=SCHEMA, heartbeat_seconds=0.5, heartbeat_timeout=0.5)
+        async with live:
+            assert await live.wait_ready(10)
+            subscription = live.subscribe(["quote:44"])
+            first_backend = live.backend_pid
+
+            proxy.freeze()
+            audit_id = await asyncio.to_thread(publish_one, live_db, "quote:44", "sent while silent")
+
+            [event] = await collect(subscription, 1, timeout=20)
+            assert event.id == audit_id
+            assert live.backend_pid != first_backend
+            assert live.stats.caught_up == 1
+
+    try:
+        run(scenario())
+    finally:
+        proxy.close()
+
+
+def test_restart_in_new_event_loop(live_db: str) -> None:
+    """A broadcaster left running when its event loop ended starts cleanly in the next loop."""
+    live = broadcaster(live_db)
+
+    async def first() -> Any:
+        await live.start()
+        assert await live.wait_ready(10)
+        return live.subscribe(["quote:44"])
+
+    async def second() -> int:
+        await live.start()
+        assert await live.wait_ready(10)
+        subscription = live.subscribe(["quote:44"])
+        audit_id = await asyncio.to_thread(publish_one, live_db, "quote:44", "second loop")
+        [event] = await collect(subscription, 1)
+        await live.stop()
+        return event.id
+
+    stale = run(first())
+    delivered = run(second())
+
+    assert stale.closed
+    assert delivered == table_ids(live_db)[-1]
 
 
 def test_rollback_delivers_nothing(live_db: str) -> None:
@@ -452,12 +562,67 @@ def test_sse_rejects_bad_requests(live_server) -> None:
     assert subscribers(base) == 0
 
 
+def test_slow_stream_refills_gap_from_log(live_db: str) -> None:
+    """A stream whose queue overflowed sends the missed events from the log, in order, without a resync."""
+    from dtc_otel.live._sse import _Options, _Stream
+
+    options = _Options(15, 30, 20, 3600, 5000, 2000, max_queue=4)
+
+    async def scenario() -> list[tuple[str, str]]:
+        async with broadcaster(live_db) as live:
+            assert await live.wait_ready(10)
+            stream = _Stream(live, ["quote:44"], None, options)
+            messages = stream.events()
+            await anext(messages)  # the opening comment; the stream has subscribed
+
+            with psycopg.connect(live_db) as conn:
+                for index in range(20):
+                    publish(conn, "quote:44", f"step-{index}")
+            while live.stats.delivered < 20:
+                await asyncio.sleep(0.02)
+
+            received = [await anext(messages) for _ in range(20)]
+            await messages.aclose()
+            assert live.subscriber_count == 0
+            return [(message.event, message.id) for message in received]
+
+    received = run(scenario())
+
+    assert received == [("state", str(audit_id)) for audit_id in table_ids(live_db)]
+
+
 def test_router_requires_authorize() -> None:
     """Building the router without authorize raises a ValueError that shows how to pass one."""
     from dtc_otel.live import events_router
 
     with pytest.raises(ValueError, match="authorize="):
         events_router(None)
+
+
+def test_unconfigured_router_returns_503() -> None:
+    """Without a database URL the endpoint returns 503 and the app keeps serving."""
+    from fastapi import FastAPI
+
+    from dtc_otel.live import events_router
+
+    app = FastAPI()
+    app.include_router(events_router(Broadcaster(schema=SCHEMA), authorize=lambda request, topics: True))
+
+    @app.get("/ping")
+    def ping() -> dict:
+        return {"ping": True}
+
+    async def scenario() -> tuple[int, int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            events = await client.get("/events", params={"topic": "quote:44"})
+            ping_response = await client.get("/ping")
+        return events.status_code, ping_response.status_code
+
+    events_status, ping_status = run(scenario())
+
+    assert events_status == 503
+    assert ping_status == 200
 
 
 def test_sse_resume_from_last_event_id(live_server, live_db: str) -> None:
@@ -532,6 +697,7 @@ def test_sse_logs_carry_stream_trace_id(live_server, live_db: str, receiver) -> 
     assert len(spans) == 1
     assert spans[0].kind == "SERVER"
     assert spans[0].attributes.get("http.route") == "/events"
+    assert [span.name for span in receiver.spans if span.kind == "CLIENT"] == [], "the listener's queries were traced"
 
 
 def test_disconnect_releases_subscription(live_server) -> None:
@@ -562,19 +728,7 @@ def test_stream_ends_after_max_duration(live_server) -> None:
 def test_sigterm_with_open_stream_exits(live_server) -> None:
     """SIGTERM stops the server within a few seconds although a stream is open."""
     base, app = live_server()
-    ended = threading.Event()
-
-    def read_stream() -> None:
-        try:
-            with httpx.stream("GET", f"{base}/events", params={"topic": "quote:44"}, timeout=30) as response:
-                for _ in response.iter_bytes():
-                    pass
-        except httpx.HTTPError:
-            pass
-        ended.set()
-
-    reader = threading.Thread(target=read_stream, daemon=True)
-    reader.start()
+    ended = read_in_thread(f"{base}/events?topic=quote:44")
     wait_until(lambda: subscribers(base) == 1, "the stream subscribed")
 
     started = time.monotonic()
@@ -585,7 +739,50 @@ def test_sigterm_with_open_stream_exits(live_server) -> None:
     # uvicorn re-raises the signal after its graceful shutdown.
     assert code in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in app.output()
+    assert '"reason": "server_shutdown"' in app.output()
     assert ended.wait(5)
+
+
+def read_in_thread(url: str) -> threading.Event:
+    """Open a stream to *url* in a thread; return an event set when the stream ends."""
+    ended = threading.Event()
+
+    def read_stream() -> None:
+        try:
+            with httpx.stream("GET", url, timeout=30) as response:
+                for _ in response.iter_bytes():
+                    pass
+        except httpx.HTTPError:
+            pass
+        ended.set()
+
+    threading.Thread(target=read_stream, daemon=True).start()
+    return ended
+
+
+def test_reload_with_open_stream(launch, live_db: str, tmp_path: Path) -> None:
+    """uvicorn --reload restarts its worker promptly although a stream is open."""
+    shutil.copy(APPS / "live_app.py", tmp_path / "live_app.py")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    app = launch(
+        ["uvicorn", "live_app:app", "--port", str(port), "--reload", "--reload-dir", str(tmp_path)],
+        cwd=tmp_path,
+        DTC_OTEL_DATABASE_URL=live_db,
+        DTC_OTEL_LOG_FORMAT="json",
+    )
+    wait_http(f"{base}/live-stats")
+    ended = read_in_thread(f"{base}/events?topic=quote:44")
+    wait_until(lambda: subscribers(base) == 1, "the stream subscribed")
+
+    started = time.monotonic()
+    source = tmp_path / "live_app.py"
+    source.write_text(source.read_text() + "\n# changed to trigger a reload\n")
+    wait_until(lambda: app.output().count("Application startup complete") >= 2, "the worker restarted", timeout=20)
+
+    assert time.monotonic() - started < 8
+    assert ended.wait(5)
+    assert subscribers(base) == 0
 
 
 # -- dtc-otel tail ----------------------------------------------------------------

@@ -70,7 +70,7 @@ async def _tail(broadcaster: Any, options: argparse.Namespace) -> int:
     await broadcaster.start()
     try:
         if not await broadcaster.wait_ready(10.0):
-            print("dtc-otel tail: waiting for PostgreSQL; events will follow once it answers", file=sys.stderr)
+            print("dtc-otel tail: cannot reach PostgreSQL yet; retrying, and events follow once connected", file=sys.stderr)
         following = ", ".join(options.topic) if options.topic else "every event"
         print(f"dtc-otel tail: following {following}; press Ctrl-C to stop", file=sys.stderr, flush=True)
 
@@ -90,7 +90,7 @@ async def _tail(broadcaster: Any, options: argparse.Namespace) -> int:
 
 
 class _Details:
-    """Reads ``created_at`` and ``trace_id``, which NOTIFY payloads leave out, on its own connection."""
+    """A reader of ``created_at`` and ``trace_id``, which NOTIFY payloads leave out, with its own connection."""
 
     def __init__(self, broadcaster: Any) -> None:
         self._broadcaster = broadcaster

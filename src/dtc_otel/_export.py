@@ -141,9 +141,33 @@ def _otlp_factory(protocol: str) -> Callable[[], SpanExporter]:
 
         return OTLPSpanExporter
 
+    return _fast_http_exporter_class()
+
+
+def _fast_http_exporter_class() -> type[SpanExporter]:
+    """Return the OTLP/HTTP exporter class that serialises with the direct encoder."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HTTPExporter
 
-    return HTTPExporter
+    from dtc_otel._otlp_encoder import encode_spans_to_bytes
+
+    class FastOTLPSpanExporter(HTTPExporter):  # type: ignore[misc]
+        """Upstream's OTLP/HTTP exporter (endpoint, headers, gzip, retries) with a faster encoder."""
+
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            client = getattr(self, "_client", None)
+            # NOTE: relies on the pinned exporter release's private _client;
+            # without it the upstream encoder is used.
+            if client is None or self._shutdown:
+                return super().export(spans)
+            try:
+                body = encode_spans_to_bytes(spans)
+            except Exception:  # noqa: BLE001 - fall back to the upstream encoder
+                _logger.debug("direct OTLP encoding failed; using the SDK encoder", exc_info=True)
+                return super().export(spans)
+
+            return SpanExportResult.SUCCESS if client.export(body).success else SpanExportResult.FAILURE
+
+    return FastOTLPSpanExporter
 
 
 def build_exporters(settings: Settings) -> list[GuardedExporter]:

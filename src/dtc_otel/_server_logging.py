@@ -29,11 +29,12 @@ def _swap_default_formatters(default_classes: tuple[type, ...]) -> None:
         return
 
     for name in _SERVER_LOGGERS:
+        chosen = _logs.access_formatter() if name == "uvicorn.access" else formatter
         for handler in logging.getLogger(name).handlers:
             current = handler.formatter
             # Exact class match: a subclass means the user customised it.
             if current is None or type(current) in default_classes:
-                handler.setFormatter(formatter)
+                handler.setFormatter(chosen)
 
 
 def _wrap(owner: type, attribute: str, default_classes: Callable[[], tuple[type, ...]]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
@@ -73,11 +74,15 @@ class ServerSpanMiddleware:
         self._response_header = settings.response_id_header.encode("latin-1") if settings.response_id_header else None
         self._untrusted_paths = settings.untrusted_paths
         self._baggage_keys = settings.baggage_keys
+        self._freeze_pending = settings.gc_freeze
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or SCOPE_SPAN_KEY in scope:
             await self.app(scope, receive, send)
             return
+        if self._freeze_pending:
+            self._freeze_pending = False
+            _freeze_startup_objects()
 
         try:
             span, tokens = self._start(scope)
@@ -276,6 +281,20 @@ def _add_headers(existing: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple[
 
     # A header the app set itself wins over ours.
     return headers + [(key, value) for key, value in extra if key not in present]
+
+
+def _freeze_startup_objects() -> None:
+    # Tracing allocates a few objects per request, which makes the cyclic
+    # garbage collector run full collections more often, and each one walks
+    # every module and object loaded at start-up: tens of milliseconds,
+    # measured here, in the middle of some request. Freezing what exists at
+    # the first request takes those objects out of every later collection.
+    # Cyclic garbage at that moment is collected first, so nothing leaks.
+    try:
+        gc.collect()
+        gc.freeze()
+    except Exception:  # noqa: BLE001 - an optimisation must never fail a request
+        log_once_per_interval(_logger, "gc.freeze failed", exc_info=True)
 
 
 def _route_template(scope: Scope) -> str | None:

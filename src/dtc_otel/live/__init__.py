@@ -2,7 +2,7 @@
 
 * :func:`publish` / :func:`apublish` announce a state change on a topic,
   inside the caller's transaction.
-* :class:`Broadcaster` holds one LISTEN connection per process and delivers
+* :class:`Broadcaster` keeps one LISTEN connection per process and delivers
   each event to the subscribers of its topic and of its entity IDs
   (``quote:44``, ``customer:7``), catching up from the table after a
   reconnect.

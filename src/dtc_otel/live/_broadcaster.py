@@ -57,9 +57,17 @@ ALL_TOPICS = "*"
 
 _MAX_TOPIC_LENGTH = 200
 
-# TCP keepalive on the LISTEN connection, in seconds: an idle connection
-# whose peer vanished fails after about idle + interval * count.
-_KEEPALIVE = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+# TCP settings of the LISTEN connection. Keepalives (in seconds) fail an idle
+# connection whose peer vanished after about idle + interval * count. The
+# user timeout (in milliseconds) fails it when sent data, such as the
+# heartbeat query, stays unacknowledged that long.
+_TCP_SETTINGS = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 20_000,
+}
 
 
 @dataclass
@@ -186,13 +194,15 @@ class Broadcaster:
         self._by_topic: dict[str, set[Subscription]] = {}
         self._everything: set[Subscription] = set()
         self._subscriptions: set[Subscription] = set()
-        # Delivered IDs; at least the re-read span, so a catch-up never repeats one.
+        # Delivered IDs, many more than the re-read span, so a catch-up does not repeat one.
         self._seen = RecentIds(max(10 * reread_span, 10_000))
-        # IDs up to the floor were committed before the first LISTEN: never delivered.
+        # The newest ID when the first LISTEN was in place: catch-ups never read
+        # at or below it, because those events were not meant for this process.
         self._floor: int | None = None
         self._max_seen = 0
 
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: asyncio.Event | None = None
         self._pool: Any = None
         self._conn: psycopg.AsyncConnection[Any] | None = None
@@ -294,13 +304,27 @@ class Broadcaster:
         Raises:
             ValueError: no database URL is configured.
         """
-        if self._task is not None and not self._task.done():
+        loop = asyncio.get_running_loop()
+        if self._task is not None and not self._task.done() and self._loop is loop:
             return
+        if self._loop is not None and self._loop is not loop:
+            self._abandon_loop()
 
         urls = self.database_urls()
         self._ready = asyncio.Event()
-        loop = asyncio.get_running_loop()
+        self._loop = loop
         self._task = loop.create_task(self._run(*urls), name="dtc-otel-live-listener", context=_background_context())
+
+    def _abandon_loop(self) -> None:
+        # The previous event loop ended without stop(), as when a test runner
+        # starts a new loop per test: its task, connections and waiters are
+        # unusable, so they are dropped and the subscriptions ended.
+        self._task = None
+        self._conn = None
+        self._pool = None
+        for subscription in list(self._subscriptions):
+            with contextlib.suppress(RuntimeError):
+                subscription.close()
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait until the first LISTEN is in place; return False after *timeout* seconds."""
@@ -390,10 +414,11 @@ class Broadcaster:
                 except (psycopg.Error, OSError, TimeoutError) as exc:
                     attempt += 1
                     self._lost(exc, attempt)
-                except Exception as exc:  # noqa: BLE001 - the listener must outlive a bug in one event
+                except Exception:  # noqa: BLE001 - the listener must outlive a bug in one event
                     attempt += 1
+                    self.stats.connected = False
+                    self.stats.reconnects += 1
                     log_once_per_interval(_logger, "live listener failed; restarting it", exc_info=True)
-                    self._lost(exc, attempt)
                 await asyncio.sleep(self._wait(_RetryState(attempt)))  # type: ignore[arg-type]
         finally:
             await self._close_connection()
@@ -415,7 +440,7 @@ class Broadcaster:
             _logger,
             "live listener lost its PostgreSQL connection; reconnecting",
             # psycopg's messages span several lines; a log field keeps one.
-            error=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
+            error=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200] or 'no details'}",
             attempt=attempt,
         )
 
@@ -428,13 +453,13 @@ class Broadcaster:
     async def _connect(self, url: str) -> None:
         await self._close_connection()
         conn = await psycopg.AsyncConnection.connect(
-            url, autocommit=True, connect_timeout=5, application_name="dtc-otel-live", **_KEEPALIVE
+            url, autocommit=True, connect_timeout=5, application_name="dtc-otel-live", **_TCP_SETTINGS
         )
         self._conn = conn
         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
-        first = self._floor is None
-        if first:
+        if self._floor is None:
             self._floor = self._max_seen = await _history.max_id(conn, self.schema)
+            _logger.info("live listener connected to PostgreSQL, listening on %s", NOTIFY_CHANNEL)
         else:
             caught_up = await self._catch_up(conn)
             log_once_per_interval(
@@ -448,7 +473,7 @@ class Broadcaster:
         """Deliver the events committed while disconnected; return how many were new.
 
         LISTEN is already in place, so an event committed during this read
-        is both read here and queued as a notification; the ID window drops
+        is both read here and queued as a notification. The ID window drops
         the second copy.
         """
         after = max(self._floor or 0, self._max_seen - self._reread_span)
@@ -485,9 +510,22 @@ class Broadcaster:
                     received += 1
                     await self._handle(notify.payload)
             if received == 0:
-                # A silently dropped network sends no error; a query finds out.
-                async with asyncio.timeout(self._heartbeat_timeout):
-                    await conn.execute("SELECT 1")
+                await self._heartbeat(conn)
+
+    async def _heartbeat(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Check the idle connection with ``SELECT 1``, since a silently dropped network sends no error.
+
+        Raises:
+            TimeoutError: no response within the heartbeat timeout.
+        """
+        # NOTE: on a timeout psycopg first tries to cancel the query and waits
+        # up to 5 s more for the server, so a connection whose packets vanish
+        # is replaced after about heartbeat_seconds + heartbeat_timeout + 5 s.
+        try:
+            async with asyncio.timeout(self._heartbeat_timeout):
+                await conn.execute("SELECT 1")
+        except TimeoutError:
+            raise TimeoutError(f"heartbeat query timed out after {self._heartbeat_timeout} s") from None
 
     async def _handle(self, payload: str) -> None:
         self.stats.notifications += 1
@@ -513,7 +551,7 @@ class Broadcaster:
             async with self._pool.connection(timeout=self._heartbeat_timeout) as conn:
                 event = await _history.read_by_id(conn, self.schema, audit_id)
         except (psycopg.Error, OSError, TimeoutError) as exc:
-            # The topic is in the unread row, so nobody can be told precisely.
+            # The topic is in the unread row, so every subscriber gets the resync.
             self._mark_gap_everywhere("log_unreadable")
             log_once_per_interval(
                 _logger, "live listener could not read a truncated event; subscribers were sent a resync",

@@ -1,4 +1,4 @@
-"""What subscribers receive: one ``LiveEvent`` per ``audit_events`` row, or a ``Resync`` marker."""
+"""Items delivered to subscribers: one ``LiveEvent`` per ``audit_events`` row, or a ``Resync`` marker."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def entity_topic(key: str, value: Any) -> str:
     """Name the topic of one entity ID: ``quote_id=44`` becomes ``quote:44``.
 
     The same rule as ``dtc_otel.audit``'s default topic, so a subscriber of
-    ``quote:44`` sees every event that carries ``quote_id`` 44.
+    ``quote:44`` receives every event that carries ``quote_id`` 44.
     """
     return f"{key.removesuffix('_id')}:{value}"
 
@@ -34,7 +34,7 @@ class LiveEvent:
     """One ``audit_events`` row as the live feed delivers it.
 
     ``trace_id`` and ``created_at`` are filled only when the event was read
-    from the table (catch-up, resume, truncated NOTIFY payloads); the NOTIFY
+    from the table (catch-up, resume, truncated NOTIFY payloads). The NOTIFY
     payload itself carries IDs and the status only.
     """
 
@@ -134,7 +134,7 @@ class RecentIds:
     """The most recent *capacity* event IDs, to drop an event delivered twice.
 
     With several writers, IDs commit out of order, so catching up re-reads a
-    range below the highest ID seen; the IDs remembered here keep the events
+    range below the highest ID seen. The IDs remembered here keep the events
     of that range that were already delivered from going out again.
     """
 

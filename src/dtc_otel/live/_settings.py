@@ -2,7 +2,7 @@
 
 LISTEN needs a session that stays on one server backend. A PgBouncer in
 transaction pooling mode hands each transaction to any backend, so a LISTEN
-issued through it is lost; ``DTC_OTEL_LISTEN_DATABASE_URL`` therefore points
+issued through it is lost. ``DTC_OTEL_LISTEN_DATABASE_URL`` therefore points
 straight at PostgreSQL, while reads of the event log may still use the
 pooled ``DTC_OTEL_DATABASE_URL``.
 """

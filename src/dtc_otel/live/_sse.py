@@ -69,27 +69,27 @@ class _Source:
                 f"invalid broadcaster {source!r}: pass a Broadcaster, a function returning one, or None for the shared one"
             )
         self._source = source
-        self._made: Broadcaster | None = None
+        self._created: Broadcaster | None = None
 
     def get(self) -> Broadcaster:
         if self._source is None:
             return shared_broadcaster()
         if isinstance(self._source, Broadcaster):
             return self._source
-        if self._made is None:
-            made = self._source()
-            if not isinstance(made, Broadcaster):
-                raise TypeError(f"the broadcaster factory returned {type(made).__name__}, expected a Broadcaster")
-            self._made = made
+        if self._created is None:
+            created = self._source()
+            if not isinstance(created, Broadcaster):
+                raise TypeError(f"the broadcaster factory returned {type(created).__name__}, expected a Broadcaster")
+            self._created = created
 
-        return self._made
+        return self._created
 
     def started(self) -> Broadcaster | None:
         """Return the broadcaster if one was made, without making one."""
         if self._source is None or isinstance(self._source, Broadcaster):
             return self.get()
 
-        return self._made
+        return self._created
 
 
 def _error(status: int, detail: str) -> JSONResponse:
@@ -180,10 +180,12 @@ class _Stream:
         try:
             yield ServerSentEvent(comment="live", retry=self.options.retry_ms)
             if self.last_event_id is not None:
-                async for message in self._send_replay(self.last_event_id):
+                async with contextlib.aclosing(self._send_replay(self.last_event_id)) as replayed:
+                    async for message in replayed:
+                        yield message
+            async with contextlib.aclosing(self._send_live(subscription, started, floor)) as live:
+                async for message in live:
                     yield message
-            async for message in self._send_live(subscription, started, floor):
-                yield message
         except asyncio.CancelledError:
             self.reason = self.reason or ("server_shutdown" if AppStatus.should_exit else "cancelled")
             raise
@@ -212,7 +214,7 @@ class _Stream:
         while True:
             remaining = deadline - time.monotonic()
             try:
-                # Only the wait is under the timeout, never a yield: a timeout
+                # Only the wait is under the timeout, never a yield. A timeout
                 # that fired while the generator is paused would cancel the
                 # response's send instead.
                 async with asyncio.timeout(max(remaining, 0)):
@@ -228,9 +230,11 @@ class _Stream:
 
             if isinstance(item, Resync):
                 # The queue overflowed: refill the gap from the log instead.
-                after = max(floor, (item.after_id if item.after_id is not None else floor) - self.broadcaster.reread_span)
-                async for message in self._send_replay(after):
-                    yield message
+                last_delivered = item.after_id if item.after_id is not None else floor
+                after = max(floor, last_delivered - self.broadcaster.reread_span)
+                async with contextlib.aclosing(self._send_replay(after)) as replayed:
+                    async for message in replayed:
+                        yield message
                 continue
             if self.sent_ids.add(item.id):
                 self.sent += 1
@@ -266,7 +270,7 @@ def events_router(
         max_topics: topics one stream may follow.
         max_stream_seconds: a stream ends after this long and the client
             reconnects with ``Last-Event-ID``, so a client that vanished without
-            a TCP reset holds its subscription for at most this long.
+            a TCP reset keeps its subscription for at most this long.
         max_replay: log rows a resume reads at most; beyond that the client
             gets a ``resync`` event.
         retry_ms: reconnect delay sent to the client with the first message.

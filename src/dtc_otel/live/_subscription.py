@@ -15,7 +15,7 @@ __all__ = ["Subscription"]
 class Subscription:
     """Events for a set of topics, read with ``async for`` or :meth:`get`.
 
-    Memory is bounded: when the queue holds ``max_queue - 1`` items, the next
+    Memory is bounded: when the queue contains ``max_queue - 1`` items, the next
     event is replaced by a single :class:`Resync` in the last slot, and every
     later event is dropped until the subscriber has read that marker, which
     leaves the queue empty. Close it (or leave its ``with`` block) to stop
@@ -113,8 +113,8 @@ class Subscription:
 
         self._closed = True
         self._items.clear()
-        self._wakeup.set()
         self._on_close(self)
+        self._wakeup.set()
 
     def __aiter__(self) -> Subscription:
         return self
