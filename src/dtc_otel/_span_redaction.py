@@ -19,13 +19,30 @@ from dtc_otel._redaction import Redactor, default_redactor
 __all__ = ["redact_spans"]
 
 
+# Results for short string attributes by (key, value): methods, paths, hosts
+# and user agents repeat on nearly every span. Emptied when full.
+_seen: dict[tuple[str, str], str] = {}
+_SEEN_LIMIT = 8192
+_SEEN_MAX_VALUE = 256
+
+
 def _attributes(redactor: Redactor, attributes: Any) -> tuple[dict[str, Any], bool]:
     if not attributes:
         return {}, False
     changed = False
     result = {}
-    for key, value in attributes.items():
-        masked = redactor.redact(value, key)
+    for key, value in getattr(attributes, "_dict", attributes).items():
+        if type(value) is str and len(value) <= _SEEN_MAX_VALUE:
+            masked = _seen.get((key, value))
+            if masked is None:
+                masked = redactor.redact(value, key)
+                if len(_seen) >= _SEEN_LIMIT:
+                    _seen.clear()
+                _seen[(key, value)] = masked
+        elif type(value) in (int, float, bool):
+            masked = "[REDACTED]" if redactor.is_sensitive_key(key) else value
+        else:
+            masked = redactor.redact(value, key)
         if masked is not value and masked != value:
             changed = True
         result[key] = masked
