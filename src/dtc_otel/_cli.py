@@ -12,6 +12,7 @@ import threading
 from collections.abc import Sequence
 
 from dtc_otel._cli_audit import add_audit_commands
+from dtc_otel._cli_live import add_live_commands
 from dtc_otel._config import ConfigError, load_settings
 from dtc_otel._export import build_exporters
 from dtc_otel._service_name import default_service_name
@@ -182,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     receive.set_defaults(handler=_cmd_receive)
 
     add_audit_commands(commands)
+    add_live_commands(commands)
 
     options = parser.parse_args(argv)
 

@@ -119,7 +119,7 @@ def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
     tag = _T_LEN[field]
     parts = []
     # The SDK's BoundedAttributes iterates through the Mapping ABC, which is
-    # slow; its underlying dict holds the same items.
+    # slow, and its underlying dict contains the same items.
     items = getattr(attributes, "_dict", attributes)
     for key, value in items.items():
         encoded_key = _keys.get(key)

@@ -123,7 +123,7 @@ class RetryLog:
         self.retrying(retry_state.attempt_number, error, wait)
 
     def give_up(self, retry_state: Any) -> Any:
-        """A tenacity ``retry_error_callback``: logs, then re-raises the last error."""
+        """Log the give-up and re-raise the last error; a tenacity ``retry_error_callback``."""
         outcome = retry_state.outcome
         error = outcome.exception() if outcome is not None and outcome.failed else None
         self.gave_up(retry_state.attempt_number, error)

@@ -253,7 +253,7 @@ class ServerSpanMiddleware:
 
 
 class _Tokens:
-    """What a request set in context variables, to be reset when it ends."""
+    """Tokens of the context variables a request set, to be reset when it ends."""
 
     __slots__ = ("context", "entities", "log", "request_id")
 
@@ -286,8 +286,8 @@ def _add_headers(existing: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple[
 def _freeze_startup_objects() -> None:
     # Tracing allocates a few objects per request, which makes the cyclic
     # garbage collector run full collections more often, and each one walks
-    # every module and object loaded at start-up: tens of milliseconds,
-    # measured here, in the middle of some request. Freezing what exists at
+    # every module and object loaded at start-up: up to 36 ms each in the
+    # middle of some request (benchmarks/uvicorn_gc.py, docs/benchmarks.md). Freezing what exists at
     # the first request takes those objects out of every later collection.
     # Cyclic garbage at that moment is collected first, so nothing leaks.
     try:

@@ -151,7 +151,7 @@ def _clean(value: Any, key: str | None = None) -> Any:
 
 
 def stage_row(seq: int, event: AuditEvent, single: bool = True) -> tuple[Any, ...]:
-    """Return the stage columns of *event*; *single* tells that no other event of the batch has its row."""
+    """Return the stage columns of *event*; *single* is true when no other event of the batch has its row."""
     d = event.data
     job = event.table == "job_queue"
     return (

@@ -4,7 +4,7 @@
 before anything parses them, verifies the signature, and writes the delivery
 to ``webhook_logs`` before the handler runs, so a crash in the handler still
 leaves the delivery on record. A delivery whose signature fails is recorded
-and answered with 401 without reaching the handler. The status code the
+and rejected with 401 before it reaches the handler. The status code the
 handler returned, and its error if it raised, are added by the audit span
 processor when the request's span ends.
 """
@@ -45,6 +45,8 @@ _STORED_HEADERS = frozenset(
         "webhook-signature",
     }
 )
+# The status answered for a rejected delivery, by reason; any other reason is 401.
+_REJECTION_STATUS = {"payload_too_large": 413, "unparsable_body": 400}
 _SIGNATURE_HEADERS = frozenset({"stripe-signature", "webhook-signature", "x-hub-signature-256", "x-signature"})
 
 
@@ -162,7 +164,7 @@ class WebhookReceiver:
             "headers": redact(stored_headers(headers)),
             "signature_valid": result.valid,
             "signature_reason": result.reason,
-            "status_code": None if result.valid else (413 if result.reason == "payload_too_large" else 400 if result.reason == "unparsable_body" else 401),
+            "status_code": None if result.valid else _REJECTION_STATUS.get(result.reason, 401),
             "entity_ids": redact(dict(bound_entities())),
             "trace_id": format(span_context.trace_id, "032x") if span_context.is_valid else None,
         }
@@ -254,7 +256,12 @@ def _insert_delivery(row: dict[str, Any]) -> tuple[int, int | None]:
 
 def _announce(conn: Any, row: dict[str, Any], record_id: int, duplicate_of: int | None) -> None:
     # The audit_events row and NOTIFY for "received", in the insert's transaction.
-    status = "duplicate" if duplicate_of is not None else "received" if row["signature_valid"] else "rejected"
+    if duplicate_of is not None:
+        status = "duplicate"
+    elif row["signature_valid"]:
+        status = "received"
+    else:
+        status = "rejected"
     event = AuditEvent(
         table="webhook_logs",
         row_id=row["delivery_id"],

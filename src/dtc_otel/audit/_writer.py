@@ -233,7 +233,7 @@ class AuditWriter:
         if leftover:
             self._spool(leftover)
         if self._thread is not None:
-            # The thread spools a batch it could not write once it sees the stop.
+            # The thread spools a batch it could not write once it finds the stop flag set.
             self._thread.join(max(timeout, 1.0))
         self._close_spool()
         self._write_health(force=True)
