@@ -333,3 +333,21 @@ class TestRetryAggregation:
         assert lines.entries[0]["attempt"] == 1
         assert lines.entries[0]["error_type"] == "TimeoutError"
         assert lines.entries[1]["attempt"] == 3
+
+
+def test_span_redaction_keeps_attributes_when_only_an_event_changes() -> None:
+    """A span whose attributes are clean but whose exception event holds a secret keeps its attributes."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter as Memory
+
+    from dtc_otel._span_redaction import redact_spans
+
+    exporter = Memory()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("t").start_as_current_span("work", attributes={"quote_id": 44, "route": "/quotes"}) as span:
+        span.add_event("exception", {"exception.message": "failed with sk_live_" + "b" * 24})
+
+    redacted = redact_spans(exporter.get_finished_spans())[0]
+
+    assert dict(redacted.attributes) == {"quote_id": 44, "route": "/quotes"}
+    assert "sk_live_" not in str(redacted.events[0].attributes)

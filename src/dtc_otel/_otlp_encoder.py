@@ -111,6 +111,12 @@ def _key_value(key: str, value: Any) -> bytes:
 
 # Attribute keys recur on every span; their encoded form is kept.
 _keys: dict[str, bytes] = {}
+# So do most short string values (methods, routes, hosts, user agents): the
+# whole encoded field is kept for those, by field number, key and value.
+# Emptied when full.
+_pairs: dict[tuple[int, str, str], bytes] = {}
+_PAIRS_LIMIT = 8192
+_PAIR_MAX_VALUE = 256
 
 
 def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
@@ -122,12 +128,17 @@ def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
     # slow, and its underlying dict contains the same items.
     items = getattr(attributes, "_dict", attributes)
     for key, value in items.items():
+        kind = type(value)
+        if kind is str and len(value) <= _PAIR_MAX_VALUE:
+            cached = _pairs.get((field, key, value))
+            if cached is not None:
+                parts.append(cached)
+                continue
         encoded_key = _keys.get(key)
         if encoded_key is None:
             encoded_key = _string(1, key)
             if len(_keys) < 4096:
                 _keys[key] = encoded_key
-        kind = type(value)
         if kind is str:
             raw = value.encode("utf-8")
             any_value = b"\x0a" + _varint(len(raw)) + raw
@@ -140,7 +151,12 @@ def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
                 # As the SDK encoder does: one bad attribute must not lose the span.
                 continue
         pair = encoded_key + b"\x12" + _varint(len(any_value)) + any_value
-        parts.append(tag + _varint(len(pair)) + pair)
+        encoded = tag + _varint(len(pair)) + pair
+        if kind is str and len(value) <= _PAIR_MAX_VALUE:
+            if len(_pairs) >= _PAIRS_LIMIT:
+                _pairs.clear()
+            _pairs[(field, key, value)] = encoded
+        parts.append(encoded)
 
     return b"".join(parts)
 

@@ -26,9 +26,28 @@ _SEEN_LIMIT = 8192
 _SEEN_MAX_VALUE = 256
 
 
-def _attributes(redactor: Redactor, attributes: Any) -> tuple[dict[str, Any], bool]:
+def _needs_change(redactor: Redactor, attributes: Any) -> bool:
+    # The common case: every value was seen before and needs no mask, which is
+    # answered from the cache without building a new dict.
+    for key, value in attributes.items():
+        if type(value) is str and len(value) <= _SEEN_MAX_VALUE:
+            masked = _seen.get((key, value))
+            if masked is None or masked != value:
+                return True
+        elif type(value) in (int, float, bool):
+            if redactor.is_sensitive_key(key):
+                return True
+        else:
+            return True
+
+    return False
+
+
+def _attributes(redactor: Redactor, attributes: Any) -> tuple[Any, bool]:
     if not attributes:
         return {}, False
+    if not _needs_change(redactor, attributes):
+        return attributes, False
     changed = False
     result = {}
     for key, value in getattr(attributes, "_dict", attributes).items():
