@@ -231,9 +231,24 @@ def test_corpus_never_leaves_the_process(leak_app, receiver) -> None:
                 for note in conn.notifies(timeout=0.2):
                     notifications.append(note.payload)
 
+    sse_text: list[str] = []
+
+    def follow_stream() -> None:
+        # Every live event, as a browser would receive it.
+        try:
+            with httpx.stream("GET", f"{base}/events", params={"topic": "*"}, timeout=httpx.Timeout(5, read=3.0)) as response:
+                for line in response.iter_lines():
+                    sse_text.append(line)
+                    if stop.is_set():
+                        return
+        except httpx.HTTPError:
+            pass
+
     listener = threading.Thread(target=listen)
     listener.start()
-    time.sleep(0.3)
+    stream = threading.Thread(target=follow_stream)
+    stream.start()
+    time.sleep(0.5)
     keyed = corpus["keyed"]
     webhook_body = json.dumps({"id": "evt_leak", "type": "payment.succeeded", "data": {"quote_id": 5}}).encode()
     headers = {
@@ -253,12 +268,14 @@ def test_corpus_never_leaves_the_process(leak_app, receiver) -> None:
     time.sleep(1.0)
     stop.set()
     listener.join(5)
+    stream.join(5)
 
     outputs = {
         "log output": app.output(),
         "OTLP bytes": b"".join(receiver.bodies).decode("latin-1"),
         "audit rows": _audit_text(url),
         "NOTIFY payloads": "\n".join(notifications),
+        "SSE events": "\n".join(sse_text),
     }
     secrets_list = corpus["secrets"] + [corpus["url_password"], corpus["url_signature"], corpus["url_token"]]
     for where, text in outputs.items():
@@ -267,6 +284,7 @@ def test_corpus_never_leaves_the_process(leak_app, receiver) -> None:
     assert "leak_job" in outputs["audit rows"]
     assert "message carrying" in outputs["log output"]
     assert "quote_id" in outputs["NOTIFY payloads"]
+    assert "leak_job" in outputs["SSE events"] or "quote:77" in outputs["SSE events"], "the live stream delivered nothing"
     assert "keyed fields" in outputs["log output"]
     large = next(json.loads(line) for line in app.lines if "large payload" in line)
     assert large["payload"]["summary"] == "dict"

@@ -164,6 +164,13 @@ if os.environ.get("SVC_WEBHOOK_SECRET"):
 
     payments = WebhookReceiver("payments", StripeSignatureVerifier(os.environ["SVC_WEBHOOK_SECRET"]), max_body_bytes=2048)
 
+    from dtc_otel.live import Broadcaster, events_router
+
+    async def allow_all(request: Request, topics: list[str]) -> bool:
+        return True
+
+    app.include_router(events_router(Broadcaster(), authorize=allow_all))
+
     @app.post("/webhooks/payments")
     async def payments_webhook(delivery: WebhookDelivery = Depends(payments)) -> dict:
         if delivery.duplicate:
