@@ -1,5 +1,5 @@
--- dtc-otel audit tables. The schema placeholder in braces is replaced by the configured
--- schema name (DTC_OTEL_AUDIT_SCHEMA, default dtc_audit) when `dtc-otel migrate` runs or prints this.
+-- dtc-otel audit tables, in the schema named by DTC_OTEL_AUDIT_SCHEMA (default dtc_audit);
+-- `dtc-otel migrate` fills in the name when it runs or prints this file.
 
 CREATE SCHEMA IF NOT EXISTS {schema};
 

@@ -33,7 +33,11 @@ def _cmd_migrate(options: argparse.Namespace) -> int:
 
     url, schema = _settings_or_exit(options)
     if options.sql:
-        print(render_migrations(schema))
+        try:
+            print(render_migrations(schema, record=True))
+        except BrokenPipeError:
+            # Output piped into head or a pager that closed early.
+            return 0
         return 0
 
     applied = apply_migrations(url, schema)
@@ -138,7 +142,8 @@ def _cmd_doctor(options: argparse.Namespace) -> int:
         _check("configuration", False, str(exc))
         return 1
 
-    url = settings.database_url
+    url = options.database_url or settings.database_url
+    audit_schema = options.schema or settings.audit_schema
     if not url:
         healthy &= _check("database", False, "DTC_OTEL_DATABASE_URL is not set")
     else:
@@ -148,21 +153,21 @@ def _cmd_doctor(options: argparse.Namespace) -> int:
                 _check("database", True, f"reachable, PostgreSQL {version}")
                 from psycopg import sql
 
-                exists = conn.execute("SELECT to_regclass(%s)", (f"{settings.audit_schema}.schema_migrations",)).fetchone()[0]
+                exists = conn.execute("SELECT to_regclass(%s)", (f"{audit_schema}.schema_migrations",)).fetchone()[0]
                 expected = {m.version for m in load_migrations()}
                 applied: set[int] = set()
                 if exists:
                     applied = {
                         row[0]
                         for row in conn.execute(
-                            sql.SQL("SELECT version FROM {}.schema_migrations").format(sql.Identifier(settings.audit_schema))
+                            sql.SQL("SELECT version FROM {}.schema_migrations").format(sql.Identifier(audit_schema))
                         )
                     }
                 missing = sorted(expected - applied)
                 healthy &= _check(
                     "migrations",
                     not missing,
-                    f"schema {settings.audit_schema} is up to date" if not missing
+                    f"schema {audit_schema} is up to date" if not missing
                     else f"{len(missing)} not applied ({', '.join(f'{v:04d}' for v in missing)}); run: dtc-otel migrate",
                 )
         except Exception as exc:  # noqa: BLE001 - doctor reports every failure
@@ -180,15 +185,21 @@ def _cmd_doctor(options: argparse.Namespace) -> int:
         except urllib.error.HTTPError as exc:
             _check("collector", True, f"{endpoint} is reachable (answered {exc.code})")
         except OSError as exc:
-            healthy &= _check("collector", False, f"{endpoint} is not reachable: {getattr(exc, 'reason', exc)}")
+            # Not fatal: the app runs and logs without a collector; spans are dropped.
+            print(f"[warn] collector: {endpoint} is not reachable ({getattr(exc, 'reason', exc)}); spans are dropped until it is")
 
     spool = Path(settings.audit_spool_dir or default_spool_dir(settings.audit_schema))
     spooled = sum(p.stat().st_size for p in spool.glob("spool-*.jsonl")) if spool.is_dir() else 0
     healthy &= _check("audit spool", spooled == 0, f"{spooled} bytes waiting in {spool}" if spooled else f"empty ({spool})")
+    stale = 0
     for path in sorted(spool.glob("health-*.json")) if spool.is_dir() else []:
         try:
             health = json.loads(path.read_text())
         except (OSError, ValueError):
+            continue
+        if not _process_alive(int(health.get("pid", 0))):
+            # The writer's process has exited; its last report is history.
+            stale += 1
             continue
         age = time.time() - float(health.get("updated_at", 0))
         print(
@@ -197,8 +208,23 @@ def _cmd_doctor(options: argparse.Namespace) -> int:
             f"written {health.get('written')}, retries {health.get('retries')}, spooled {health.get('spooled')}, "
             f"dropped {health.get('dropped')}"
         )
+    if stale:
+        print(f"       {stale} report(s) from writers whose process has exited are not shown")
 
     return 0 if healthy else 1
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+    return True
 
 
 def add_audit_commands(commands: Any) -> None:
@@ -225,5 +251,6 @@ def add_audit_commands(commands: Any) -> None:
     entity.set_defaults(handler=_cmd_entity)
 
     doctor = commands.add_parser("doctor", help="check configuration, database, migrations, collector and the audit writer")
+    common(doctor)
     doctor.set_defaults(handler=_cmd_doctor)
 

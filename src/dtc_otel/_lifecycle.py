@@ -45,11 +45,14 @@ class _Lifecycle:
 
         # With the collector already failing, the final export would most
         # likely fail too, so the process waits one second at most for it.
-        timeout = min(self.timeout, _FAILING_EXPORT_WAIT) if self.export_failing() else self.timeout
+        failing = self.export_failing()
+        timeout = min(self.timeout, _FAILING_EXPORT_WAIT) if failing else self.timeout
         worker = threading.Thread(target=_shutdown_quietly, args=(provider,), name="dtc-otel-shutdown", daemon=True)
         worker.start()
         worker.join(timeout)
-        if worker.is_alive():
+        if worker.is_alive() and failing:
+            _logger.info("collector unreachable at exit; the last spans were not exported")
+        elif worker.is_alive():
             _logger.warning(
                 "telemetry flush did not finish within %.1f s; exiting without it "
                 "(set DTC_OTEL_SHUTDOWN_TIMEOUT to wait longer)",

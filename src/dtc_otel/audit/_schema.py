@@ -54,9 +54,27 @@ def load_migrations() -> list[Migration]:
     return migrations
 
 
-def render_migrations(schema: str) -> str:
-    """Return every migration's SQL for *schema*, for teams with their own migration tool."""
-    parts = [f"-- {m.version:04d}_{m.name}\n{m.render(schema)}" for m in load_migrations()]
+def render_migrations(schema: str, *, record: bool = False) -> str:
+    """Return every migration's SQL for *schema*, for teams with their own migration tool.
+
+    With *record*, the output also creates ``schema_migrations`` and records
+    each version, so ``dtc-otel migrate`` and ``doctor`` see them as applied.
+    """
+    quoted = sql.Identifier(schema).as_string()
+    parts = []
+    if record:
+        parts.append(
+            f"CREATE SCHEMA IF NOT EXISTS {quoted};\n"
+            f"CREATE TABLE IF NOT EXISTS {quoted}.schema_migrations (version integer PRIMARY KEY, "
+            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());"
+        )
+    for m in load_migrations():
+        parts.append(f"-- {m.version:04d}_{m.name}\n{m.render(schema)}")
+        if record:
+            parts.append(
+                f"INSERT INTO {quoted}.schema_migrations (version, name) VALUES ({m.version}, '{m.name}') "
+                "ON CONFLICT (version) DO NOTHING;"
+            )
 
     return "\n".join(parts)
 
