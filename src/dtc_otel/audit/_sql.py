@@ -165,6 +165,22 @@ def stage_row(seq: int, event: AuditEvent, single: bool = True) -> tuple[Any, ..
     )  # fmt: skip
 
 
+# How a job row moves forward: later state wins, first trace and non-empty
+# payload stay, entity IDs merge, and an older event never overwrites a newer one.
+_JOB_CONFLICT = """ON CONFLICT (job_id) DO UPDATE SET
+    status = EXCLUDED.status,
+    attempts = GREATEST(j.attempts, EXCLUDED.attempts),
+    max_attempts = EXCLUDED.max_attempts,
+    last_error = COALESCE(EXCLUDED.last_error, j.last_error),
+    payload = CASE WHEN EXCLUDED.payload = '{{}}'::jsonb THEN j.payload ELSE EXCLUDED.payload END,
+    entity_ids = j.entity_ids || EXCLUDED.entity_ids,
+    trace_id = COALESCE(j.trace_id, EXCLUDED.trace_id),
+    updated_at = EXCLUDED.updated_at,
+    started_at = COALESCE(EXCLUDED.started_at, j.started_at),
+    finished_at = EXCLUDED.finished_at
+WHERE j.updated_at <= EXCLUDED.updated_at
+"""
+
 # One GROUP BY over the stage, with no joins: temporary tables have no
 # statistics, and a join of aggregates over them was planned as nested loops
 # that took seconds per thousand events.
@@ -195,19 +211,7 @@ SELECT row_id, kind, status, coalesce(attempts, 0), coalesce(max_attempts, 1), l
               LATERAL jsonb_each(x) AS e), '{{}}'::jsonb),
     trace_id, created_at, updated_at, started_at, finished_at
 FROM per_job
-ON CONFLICT (job_id) DO UPDATE SET
-    status = EXCLUDED.status,
-    attempts = GREATEST(j.attempts, EXCLUDED.attempts),
-    max_attempts = EXCLUDED.max_attempts,
-    last_error = COALESCE(EXCLUDED.last_error, j.last_error),
-    payload = CASE WHEN EXCLUDED.payload = '{{}}'::jsonb THEN j.payload ELSE EXCLUDED.payload END,
-    entity_ids = j.entity_ids || EXCLUDED.entity_ids,
-    trace_id = COALESCE(j.trace_id, EXCLUDED.trace_id),
-    updated_at = EXCLUDED.updated_at,
-    started_at = COALESCE(EXCLUDED.started_at, j.started_at),
-    finished_at = EXCLUDED.finished_at
-WHERE j.updated_at <= EXCLUDED.updated_at
-"""
+""" + _JOB_CONFLICT
 
 # The common case, one event per job in the batch, needs no aggregation.
 _STAGED_SINGLE_JOB_UPSERT = """
@@ -218,19 +222,7 @@ SELECT row_id, kind, status, coalesce(attempts, 0), coalesce(max_attempts, 1), l
     occurred_at, started_at, finished_at
 FROM pg_temp.dtc_audit_stage
 WHERE tbl = 'job_queue' AND NOT row_written AND single
-ON CONFLICT (job_id) DO UPDATE SET
-    status = EXCLUDED.status,
-    attempts = GREATEST(j.attempts, EXCLUDED.attempts),
-    max_attempts = EXCLUDED.max_attempts,
-    last_error = COALESCE(EXCLUDED.last_error, j.last_error),
-    payload = CASE WHEN EXCLUDED.payload = '{{}}'::jsonb THEN j.payload ELSE EXCLUDED.payload END,
-    entity_ids = j.entity_ids || EXCLUDED.entity_ids,
-    trace_id = COALESCE(j.trace_id, EXCLUDED.trace_id),
-    updated_at = EXCLUDED.updated_at,
-    started_at = COALESCE(EXCLUDED.started_at, j.started_at),
-    finished_at = EXCLUDED.finished_at
-WHERE j.updated_at <= EXCLUDED.updated_at
-"""
+""" + _JOB_CONFLICT
 
 _STAGED_JOB_EVENTS = """
 INSERT INTO {s}.job_events (event_id, job_id, kind, transition, attempt, error, trace_id, occurred_at)
