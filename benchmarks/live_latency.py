@@ -14,13 +14,15 @@ One run measures three things, each on 127.0.0.1:
    each in its own transaction, is published as fast as one connection can,
    and the latency of every delivery is taken the same way as in 2. Then a
    soak keeps the clients connected for ``--duration`` seconds with one
-   event every ``--soak-interval`` seconds, sampling the server's RSS.
+   event every ``--soak-interval`` seconds, sampling the server's RSS. RSS
+   growth counts from ``--warmup`` seconds on, and it is flat when it stays
+   under 2 MiB or 2 %.
 
 The server is this script in ``serve`` mode: a FastAPI app with
 ``events_router`` and a permissive authorize callback, under plain uvicorn
 (one process, asyncio loop, not under dtc-otel-run). The SSE clients are raw
 asyncio sockets in the measuring process, so a delivery's latency includes
-the time this process takes to read it; client, server and PostgreSQL share
+the time this process takes to read it. Client, server and PostgreSQL share
 the machine's cores.
 
 The script creates a database of its own on the server given by
@@ -32,6 +34,7 @@ Usage (from the repository root, with the venv's bin first on PATH):
 
     python benchmarks/live_latency.py                       # 60 s soak
     python benchmarks/live_latency.py --duration 600        # the 10-minute soak
+    python benchmarks/live_latency.py --duration 120 --soak-interval 0.2 --dedupe-window 100
 """
 
 from __future__ import annotations
@@ -48,7 +51,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -109,6 +111,13 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS line for process {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """Return the user plus system CPU time of process *pid*, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # Fields 14 and 15 of stat(5) are utime and stime; the split above starts at field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -165,6 +174,11 @@ def serve(args: argparse.Namespace) -> None:
     from dtc_otel.live import Broadcaster, events_router
 
     raise_open_file_limit()
+    if args.dedupe_window is not None:
+        # A private constant, changed here only to measure what the per-stream window costs.
+        from dtc_otel.live import _sse
+
+        _sse._SENT_WINDOW = args.dedupe_window
     broadcaster = Broadcaster(args.database_url, database_url=args.database_url, schema=SCHEMA)
 
     async def allow_all(request: Any, topics: list[str]) -> bool:
@@ -183,11 +197,14 @@ def serve(args: argparse.Namespace) -> None:
 class Server:
     """This script in serve mode, as a child process stopped by its PID."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, dedupe_window: int | None) -> None:
         self.port = free_port()
         self.log = open(RESULTS / "live_latency-server.log", "w")  # noqa: SIM115 - closed in stop()
+        command = [sys.executable, __file__, "serve", "--port", str(self.port), "--database-url", url]
+        if dedupe_window is not None:
+            command += ["--dedupe-window", str(dedupe_window)]
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "serve", "--port", str(self.port), "--database-url", url],
+            command,
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -216,6 +233,9 @@ class Server:
     def rss_mib(self) -> float:
         return rss_mib(self.process.pid)
 
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.process.pid)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -236,6 +256,8 @@ class Deliveries:
 
     sent_ns: dict[str, int] = field(default_factory=dict)
     latencies_ns: list[int] = field(default_factory=list)
+    # The slowest delivery of each event so far: when its last subscriber had it.
+    slowest_ns: dict[str, int] = field(default_factory=dict)
     received: int = 0
     waiters: list[tuple[int, asyncio.Future]] = field(default_factory=list)
 
@@ -243,7 +265,10 @@ class Deliveries:
         started = self.sent_ns.get(event_id)
         if started is None:
             return
-        self.latencies_ns.append(received_ns - started)
+        latency = received_ns - started
+        self.latencies_ns.append(latency)
+        if latency > self.slowest_ns.get(event_id, 0):
+            self.slowest_ns[event_id] = latency
         self.received += 1
         for target, waiter in self.waiters:
             if self.received >= target and not waiter.done():
@@ -322,7 +347,7 @@ async def open_clients(port: int, topic: str, count: int, deliveries: Deliveries
 
 
 class Publisher:
-    """Publishes events from a thread of its own, so the clients' reads do not delay the commits."""
+    """The publishing connection, used from a worker thread so that the clients' reads do not delay the commits."""
 
     def __init__(self, url: str, topic: str, deliveries: Deliveries) -> None:
         from dtc_otel.audit._state import audit_state
@@ -390,11 +415,14 @@ async def measure_fanout(url: str, server: Server, args: argparse.Namespace) -> 
     try:
         burst_total = args.burst_events * args.subscribers
         started = time.monotonic()
+        server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
         await asyncio.to_thread(publisher.publish, args.burst_events)
         await deliveries.wait_for(burst_total, timeout=60)
         result["burst"] = {
             "events": args.burst_events,
             "all_delivered_seconds": round(time.monotonic() - started, 3),
+            "server_cpu_seconds": round(server.cpu_seconds() - server_cpu, 2),
+            "client_cpu_seconds": round(time.process_time() - client_cpu, 2),
             **summary_ms(deliveries.latencies_ns),
         }
         result["rss_after_burst_mib"] = round(server.rss_mib(), 1)
@@ -418,30 +446,43 @@ async def soak(
     server: Server, publisher: Publisher, deliveries: Deliveries, already: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     """Keep the subscribers connected for --duration s, one event per --soak-interval s, sampling RSS."""
-    samples: list[tuple[float, float]] = []
+    # (seconds into the soak, server RSS in MiB, deliveries received so far)
+    samples: list[tuple[float, float, int]] = []
     first_latency = len(deliveries.latencies_ns)
+    burst_events = set(deliveries.slowest_ns)
+    server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
     started = time.monotonic()
     published = 0
     next_sample = started
     while time.monotonic() - started < args.duration:
         if time.monotonic() >= next_sample:
-            samples.append((round(time.monotonic() - started, 1), round(server.rss_mib(), 1)))
+            samples.append((round(time.monotonic() - started, 1), round(server.rss_mib(), 1), deliveries.received))
             next_sample += args.rss_every
         await asyncio.to_thread(publisher.publish, 1)
         published += 1
         await asyncio.sleep(args.soak_interval)
     await deliveries.wait_for(already + published * args.subscribers, timeout=60)
-    samples.append((round(time.monotonic() - started, 1), round(server.rss_mib(), 1)))
+    samples.append((round(time.monotonic() - started, 1), round(server.rss_mib(), 1), deliveries.received))
 
-    start_rss, end_rss = samples[0][1], samples[-1][1]
+    # Per-stream sets and queues resize during the first events, so growth counts from the warm-up on.
+    _, start_rss, start_delivered = next(sample for sample in samples if sample[0] >= args.warmup)
+    _, end_rss, end_delivered = samples[-1]
     growth = end_rss - start_rss
     return {
         "seconds": args.duration,
         "events": published,
+        "server_cpu_seconds": round(server.cpu_seconds() - server_cpu, 2),
+        "client_cpu_seconds": round(time.process_time() - client_cpu, 2),
         "deliveries": summary_ms(deliveries.latencies_ns[first_latency:]),
-        "rss_start_mib": start_rss,
+        "last_subscriber_per_event": summary_ms(
+            [latency for event_id, latency in deliveries.slowest_ns.items() if event_id not in burst_events]
+        ),
+        "rss_growth_bytes_per_delivery": round(growth * 2**20 / max(1, end_delivered - start_delivered), 1),
+        "warmup_seconds": args.warmup,
+        "rss_start_mib": samples[0][1],
+        "rss_after_warmup_mib": start_rss,
         "rss_end_mib": end_rss,
-        "rss_max_mib": max(rss for _, rss in samples),
+        "rss_max_mib": max(rss for _, rss, _ in samples),
         "rss_growth_mib": round(growth, 1),
         "rss_flat": growth < max(FLAT_RSS_MIB, FLAT_RSS_FRACTION * start_rss),
         "rss_samples": samples,
@@ -452,7 +493,7 @@ async def soak(
 
 
 async def measure_over_http(url: str, args: argparse.Namespace) -> dict[str, Any]:
-    server = Server(url)
+    server = Server(url, args.dedupe_window)
     try:
         await asyncio.to_thread(server.wait_ready)
         light = await measure_sse_light(url, server, args.sse_samples, args.pause)
@@ -483,6 +524,7 @@ def machine(admin_url: str) -> dict[str, str]:
 def print_table(results: dict[str, Any]) -> None:
     raw, light, fanout = results["listen_notify"], results["sse_light"], results["fanout"]
     burst, soaked = fanout["burst"], fanout["soak"]
+
     print("\n| measurement | samples | p50 ms | p99 ms | max ms |")
     print("| --- | ---: | ---: | ---: | ---: |")
     print(f"| raw NOTIFY -> LISTEN | {raw['count']} | {raw['p50_ms']} | {raw['p99_ms']} | {raw['max_ms']} |")
@@ -491,17 +533,30 @@ def print_table(results: dict[str, Any]) -> None:
         f"| burst of {burst['events']} events -> {fanout['subscribers']} streams | {burst['count']} | "
         f"{burst['p50_ms']} | {burst['p99_ms']} | {burst['max_ms']} |"
     )
-    deliveries = soaked["deliveries"]
+    deliveries, last = soaked["deliveries"], soaked["last_subscriber_per_event"]
     print(
         f"| soak, {soaked['events']} events -> {fanout['subscribers']} streams | {deliveries['count']} | "
         f"{deliveries['p50_ms']} | {deliveries['p99_ms']} | {deliveries['max_ms']} |"
     )
     print(
-        f"\nserver RSS MiB: idle {fanout['rss_idle_mib']}, {fanout['subscribers']} connected "
-        f"{fanout['rss_connected_mib']}, after burst {fanout['rss_after_burst_mib']}, soak "
-        f"{soaked['rss_start_mib']} -> {soaked['rss_end_mib']} (max {soaked['rss_max_mib']}, "
-        f"{'flat' if soaked['rss_flat'] else 'growing'}), after close {fanout['rss_after_close_mib']}"
+        f"| soak, last of {fanout['subscribers']} streams per event | {last['count']} | "
+        f"{last['p50_ms']} | {last['p99_ms']} | {last['max_ms']} |"
     )
+
+    print(
+        f"\nCPU seconds, server / client: burst {burst['server_cpu_seconds']} / {burst['client_cpu_seconds']} "
+        f"(all delivered after {burst['all_delivered_seconds']} s), soak {soaked['server_cpu_seconds']} / "
+        f"{soaked['client_cpu_seconds']}"
+    )
+    print(
+        f"server RSS MiB: idle {fanout['rss_idle_mib']}, {fanout['subscribers']} connected "
+        f"{fanout['rss_connected_mib']}, after burst {fanout['rss_after_burst_mib']}, soak "
+        f"{soaked['rss_start_mib']}, after {soaked['warmup_seconds']:.0f} s {soaked['rss_after_warmup_mib']}, "
+        f"end {soaked['rss_end_mib']} (max {soaked['rss_max_mib']}, "
+        f"{'flat' if soaked['rss_flat'] else 'growing'}, {soaked['rss_growth_bytes_per_delivery']} bytes per delivery), "
+        f"after close {fanout['rss_after_close_mib']}"
+    )
+
     print(
         f"goals: COMMIT -> SSE p99 < {SSE_P99_GOAL_MS} ms: {'met' if light['p99_ms'] < SSE_P99_GOAL_MS else 'MISSED'}; "
         f"{fanout['subscribers']} streams p99 < {FANOUT_P99_GOAL_MS} ms: "
@@ -517,11 +572,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve_parser = sub.add_parser("serve", help="run the measured SSE server (started by the benchmark itself)")
     serve_parser.add_argument("--port", type=int, required=True)
     serve_parser.add_argument("--database-url", required=True)
+    serve_parser.add_argument("--dedupe-window", type=int)
 
     parser.add_argument(
         "--admin-url",
         default=os.environ.get("DTC_OTEL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
-        help="PostgreSQL URL of a database to run CREATE DATABASE from (default: %(default)s)",
+        help="PostgreSQL URL to run CREATE DATABASE and DROP DATABASE with (default: %(default)s)",
     )
     parser.add_argument("--notify-samples", type=int, default=2000, help="raw NOTIFY samples (default: %(default)s)")
     parser.add_argument("--sse-samples", type=int, default=500, help="single-stream SSE samples (default: %(default)s)")
@@ -537,6 +593,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--soak-interval", type=float, default=1.0, help="seconds between soak events (default: %(default)s)"
     )
     parser.add_argument("--rss-every", type=float, default=5.0, help="seconds between RSS samples (default: %(default)s)")
+    parser.add_argument(
+        "--dedupe-window",
+        type=int,
+        help="event IDs each server stream remembers to drop duplicates (default: dtc_otel.live's own, 20,000)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=20.0,
+        help="seconds of the soak before RSS growth is counted (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.mode is None:
         for name in ("notify_samples", "sse_samples", "subscribers", "burst_events"):
@@ -544,6 +611,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 parser.error(f"--{name.replace('_', '-')} must be at least 1")
         if args.duration <= 0 or args.soak_interval <= 0 or args.rss_every <= 0 or args.pause < 0:
             parser.error("--duration, --soak-interval and --rss-every must be above 0, --pause at least 0")
+        if args.dedupe_window is not None and args.dedupe_window < 1:
+            parser.error("--dedupe-window must be at least 1")
+        if not 0 <= args.warmup < args.duration - args.rss_every:
+            parser.error("--warmup must be at least 0 and leave one --rss-every interval of the --duration")
     return args
 
 
@@ -556,7 +627,11 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     open_files = raise_open_file_limit()
     if open_files < args.subscribers + 100:
-        print(f"the open-file limit is {open_files}, too low for {args.subscribers} streams", file=sys.stderr)
+        print(
+            f"the open-file limit is {open_files}, too low for {args.subscribers} streams: "
+            "raise it with `ulimit -n`, or pass fewer --subscribers",
+            file=sys.stderr,
+        )
         return 2
 
     started = datetime.now(timezone.utc)

@@ -2,7 +2,8 @@
 
 Run it as `dtc-otel-run python examples/portal/app.py --demo` to see it instrumented from
 outside, or as `python examples/portal/app.py` without instrumentation. Its only imports of
-dtc_otel are in entities.py and audit_hooks.py, and both fall back when dtc_otel is missing.
+dtc_otel are in entities.py, audit_hooks.py and live_events.py, and all fall back when dtc_otel
+is missing.
 """
 
 import argparse
@@ -19,6 +20,8 @@ from fastapi.responses import JSONResponse
 import audit_hooks
 import db
 import embedded_pg
+import live_events
+import live_page
 import partner_client
 import partner_process
 import payment_webhooks
@@ -49,8 +52,15 @@ async def lifespan(app: FastAPI):
         await db.create_schema_and_seed(app.state.db_pool, reset=getattr(app.state, "reset_seed_data", False))
         # The embedded server's URL names its Unix socket directory; the audit writer uses it as it is.
         app.state.audit_enabled = await asyncio.to_thread(audit_hooks.configure, database_url)
+        # Needs the audit trail, so it starts after it and its listener stops before the pool closes.
+        app.state.live_enabled = await live_events.start(app, stack, database_url)
 
-        log.info("portal started", embedded_database=app.state.embedded_database, audit=app.state.audit_enabled)
+        log.info(
+            "portal started",
+            embedded_database=app.state.embedded_database,
+            audit=app.state.audit_enabled,
+            live=app.state.live_enabled,
+        )
         yield
         log.info("portal stopping")
         # uvicorn has finished the background jobs by now. The embedded database stops
@@ -61,6 +71,7 @@ async def lifespan(app: FastAPI):
 app = FastAPI(title="Customer portal", lifespan=lifespan)
 app.include_router(routes.router)
 app.include_router(payment_webhooks.router)
+app.include_router(live_page.router)
 
 
 @app.exception_handler(Exception)

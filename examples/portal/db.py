@@ -1,11 +1,12 @@
 """Postgres access for the portal: connection pool, schema, seed rows and queries."""
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import AsyncIterator
 
 import structlog
+from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
@@ -68,6 +69,10 @@ SEED_QUOTES = [
 ]
 
 log = structlog.get_logger()
+
+# Called inside a write transaction with its connection and the changed invoice,
+# so that what it writes commits or rolls back with the change.
+InvoiceHook = Callable[[AsyncConnection, "Invoice"], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -181,12 +186,17 @@ async def fetch_quote(pool: AsyncConnectionPool, quote_id: int) -> Quote | None:
 
 
 async def approve_quote(
-    pool: AsyncConnectionPool, quote_id: int, booking_id: str, invoice_amount_cents: int
+    pool: AsyncConnectionPool,
+    quote_id: int,
+    booking_id: str,
+    invoice_amount_cents: int,
+    before_commit: InvoiceHook | None = None,
 ) -> Invoice | None:
     """Mark a pending quote approved and create its invoice in one transaction.
 
     Returns None when the quote is no longer pending, for example because a concurrent
-    request approved it first.
+    request approved it first. *before_commit* runs in the same transaction once the
+    invoice exists.
     """
     async with pool.connection() as conn, conn.transaction():
         cur = await conn.execute(
@@ -207,7 +217,10 @@ async def approve_quote(
         (invoice_id,) = await cur.fetchone()
         invoice_cur = conn.cursor(row_factory=class_row(Invoice))
         await invoice_cur.execute(INVOICE_QUERY, (invoice_id,))
-        return await invoice_cur.fetchone()
+        invoice = await invoice_cur.fetchone()
+        if before_commit is not None:
+            await before_commit(conn, invoice)
+        return invoice
 
 
 async def fetch_invoice(pool: AsyncConnectionPool, invoice_id: int) -> Invoice | None:
@@ -218,11 +231,16 @@ async def fetch_invoice(pool: AsyncConnectionPool, invoice_id: int) -> Invoice |
 
 
 async def record_payment(
-    pool: AsyncConnectionPool, invoice_id: int, amount_cents: int, partner_charge_id: str
+    pool: AsyncConnectionPool,
+    invoice_id: int,
+    amount_cents: int,
+    partner_charge_id: str,
+    before_commit: InvoiceHook | None = None,
 ) -> tuple[Payment, Invoice]:
     """Insert a payment and mark the invoice paid once payments cover its amount.
 
     The invoice row is locked so that concurrent payments see each other's totals.
+    *before_commit* runs in the same transaction with the updated invoice.
     """
     async with pool.connection() as conn, conn.transaction():
         await conn.execute("SELECT id FROM invoices WHERE id = %s FOR UPDATE", (invoice_id,))
@@ -241,4 +259,14 @@ async def record_payment(
         invoice_cur = conn.cursor(row_factory=class_row(Invoice))
         await invoice_cur.execute(INVOICE_QUERY, (invoice_id,))
         invoice = await invoice_cur.fetchone()
+        if before_commit is not None:
+            await before_commit(conn, invoice)
     return payment, invoice
+
+
+async def fetch_quote_customer_id(pool: AsyncConnectionPool, quote_id: int) -> int | None:
+    """Return the customer of quote *quote_id*, or None when the quote does not exist."""
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT customer_id FROM quotes WHERE id = %s", (quote_id,))
+        row = await cur.fetchone()
+    return None if row is None else row[0]

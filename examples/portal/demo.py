@@ -145,7 +145,7 @@ async def send_payment_webhooks(demo: DemoClient, invoice_id: int, audit_enabled
 async def send_demo_requests(demo: DemoClient, audit_enabled: bool) -> None:
     """Send the scripted requests, each depending only on earlier responses.
 
-    That is 19 requests with the audit trail on, and 17 with it off.
+    That is 21 requests with the audit trail on, and 19 with it off.
     """
     await demo.send("health check", "GET", "/healthz", 200)
     await demo.send("read a quote", "GET", "/quotes/42", 200)
@@ -177,6 +177,8 @@ async def send_demo_requests(demo: DemoClient, audit_enabled: bool) -> None:
             expected_result=invoice_status,
         )
 
+    await demo.send("live page state, quote 44", "GET", "/quotes/44/live/state?customer_id=7", 200)
+    await demo.send("live page state, other customer", "GET", "/quotes/44/live/state?customer_id=8", 403)
     await demo.send("missing quote", "GET", "/quotes/999", 404)
     await demo.send("quote over partner limit (partner 422)", "POST", "/quotes/43/approve", 502)
     await demo.send("partner desk down (partner 503)", "POST", "/quotes/45/approve", 502)
@@ -248,8 +250,22 @@ def print_summary(base_url: str, outcomes: list[Outcome], timed_out: bool, app) 
         "  or `dtc-otel receive`, started before the demo, which prints the spans it receives",
         file=out,
     )
+    print_live_page_hint(base_url, app, out)
     if getattr(app.state, "audit_enabled", False):
         print_audit_hints(app, out)
+
+
+def print_live_page_hint(base_url: str, app, out) -> None:
+    """Print where the live quote page is, which the demo itself only reads as JSON."""
+    print(
+        "\nLive quote page (start the portal without --demo, with --port for these URLs):\n"
+        f"  {base_url}/quotes/44/live?customer_id=7   as customer 7\n"
+        f"  {base_url}/quotes/44/live?support=1       as support staff\n"
+        "  customer_id and support=1 in the URL stand in for a login.",
+        file=out,
+    )
+    if not getattr(app.state, "live_enabled", False):
+        print("  Live updates were off in this run; the page then shows the state at load time only.", file=out)
 
 
 def print_audit_hints(app, out) -> None:

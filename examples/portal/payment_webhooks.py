@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 import audit_hooks
 import db
+import live_events
 from entities import bind
 
 WEBHOOK_SECRET_ENV = "PORTAL_WEBHOOK_SECRET"
@@ -107,7 +108,16 @@ async def receive_payment_webhook(request: Request, delivery: Any = Depends(rece
         )
 
     charge_id = event.charge_id or delivery.provider_event_id
-    payment, invoice = await db.record_payment(pool, invoice.id, amount_cents, charge_id)
+    await live_events.publish_quote_state_now(
+        pool,
+        invoice.quote_id,
+        live_events.PAYMENT_RECORDING,
+        customer_id=invoice.customer_id,
+        invoice_id=invoice.id,
+    )
+    payment, invoice = await db.record_payment(
+        pool, invoice.id, amount_cents, charge_id, before_commit=live_events.announce_payment
+    )
     log.info(
         "payment webhook recorded",
         payment_id=payment.id,

@@ -10,6 +10,7 @@ import asyncio
 import structlog
 
 import audit_hooks
+import live_events
 from entities import bind
 
 MAX_ATTEMPTS = 3
@@ -61,12 +62,14 @@ def enqueue_quote_documents(quote_id: int, customer_id: int, invoice_id: int) ->
     return job_id, payload
 
 
-async def run_approval_jobs(job_id: str, payload: dict) -> None:
+async def run_approval_jobs(job_id: str, payload: dict, pool) -> None:
     """Run prepare_quote_documents, then enqueue and run send_quote_email.
 
     A job that fails every attempt ends the chain. The failure is logged here,
     because nothing awaits a background task's result. The error text stays in
-    dtc_audit.job_events, because it may contain customer data.
+    dtc_audit.job_events, because it may contain customer data. The end of
+    the chain is published on topic quote:<id> (ready_to_pay or
+    preparation_failed) with a connection from *pool*.
     """
     quote_id = payload["quote_id"]
     customer_id = payload["customer_id"]
@@ -85,3 +88,9 @@ async def run_approval_jobs(job_id: str, payload: dict) -> None:
             job_id=job_id,
             error_type=type(exc).__qualname__,
         )
+        await live_events.publish_quote_state_now(
+            pool, quote_id, live_events.PREPARATION_FAILED, customer_id=customer_id
+        )
+        return
+
+    await live_events.publish_quote_state_now(pool, quote_id, live_events.READY_TO_PAY, customer_id=customer_id)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 import audit_hooks
 import db
+import live_events
 import partner_client
 import quote_jobs
 from entities import bind
@@ -115,7 +116,19 @@ async def approve_quote(quote_id: int, request: Request, background_tasks: Backg
     except PartnerError as exc:
         return partner_failure_response(exc, quote_id=quote_id, customer_id=quote.customer_id)
 
-    invoice = await db.approve_quote(pool, quote_id, booking.booking_id, booking.price_cents)
+    async def announce_payment_intent(conn, invoice: db.Invoice) -> None:
+        # The invoice is what the live page's payment form pays.
+        await live_events.publish_quote_state(
+            conn,
+            quote_id,
+            live_events.PAYMENT_INTENT_READY,
+            customer_id=quote.customer_id,
+            invoice_id=invoice.id,
+        )
+
+    invoice = await db.approve_quote(
+        pool, quote_id, booking.booking_id, booking.price_cents, before_commit=announce_payment_intent
+    )
     if invoice is None:
         # NOTE: the partner booking stays in place here. A real portal would cancel it.
         log.warning("quote changed during approval", quote_id=quote_id, customer_id=quote.customer_id)
@@ -130,7 +143,7 @@ async def approve_quote(quote_id: int, request: Request, background_tasks: Backg
         partner_request_id=booking.partner_request_id,
     )
     job_id, job_payload = quote_jobs.enqueue_quote_documents(quote_id, quote.customer_id, invoice.id)
-    background_tasks.add_task(quote_jobs.run_approval_jobs, job_id, job_payload)
+    background_tasks.add_task(quote_jobs.run_approval_jobs, job_id, job_payload, pool)
     await send_welcome_mail_once(quote.customer_id)
     return {"quote_id": quote_id, "status": "approved", "booking_id": booking.booking_id, "invoice": asdict(invoice)}
 
@@ -170,14 +183,19 @@ async def pay_invoice(invoice_id: int, payment_request: PaymentRequest, request:
             detail=f"amount_cents {amount_cents} exceeds the open balance of {open_cents} on invoice {invoice_id}",
         )
 
+    entity_ids = {"customer_id": invoice.customer_id, "invoice_id": invoice_id}
+    await live_events.publish_quote_state_now(pool, invoice.quote_id, live_events.PAYMENT_RECORDING, **entity_ids)
     try:
         charge = await partner_client.charge_invoice(
             request.app.state.partner_url, invoice_id, amount_cents, invoice.currency, payment_request.payment_method
         )
     except PartnerError as exc:
+        await live_events.publish_quote_state_now(pool, invoice.quote_id, live_events.PAYMENT_FAILED, **entity_ids)
         return partner_failure_response(exc, invoice_id=invoice_id, customer_id=invoice.customer_id)
 
-    payment, invoice = await db.record_payment(pool, invoice_id, amount_cents, charge.charge_id)
+    payment, invoice = await db.record_payment(
+        pool, invoice_id, amount_cents, charge.charge_id, before_commit=live_events.announce_payment
+    )
     log.info(
         "payment recorded",
         payment_id=payment.id,
