@@ -236,7 +236,11 @@ class AuditWriter:
             # The thread spools a batch it could not write once it finds the stop flag set.
             self._thread.join(max(timeout, 1.0))
         self._close_spool()
-        self._write_health(force=True)
+        # A report from an exited process would only mislead dtc-otel doctor.
+        try:
+            (self._spool_dir / f"health-{os.getpid()}.json").unlink(missing_ok=True)
+        except OSError:
+            pass
 
     def queue_depth(self) -> int:
         return len(self._queue)

@@ -224,7 +224,8 @@ class Broadcaster:
         if not listen:
             raise ValueError(
                 f"no database for live events: set {LISTEN_URL_ENV} (direct to PostgreSQL) or "
-                f"{DATABASE_URL_ENV} to a postgresql:// URL, or pass Broadcaster(listen_url=...)"
+                f"{DATABASE_URL_ENV} to a postgresql:// URL, pass Broadcaster(listen_url=...) in code, "
+                "or --database-url to dtc-otel tail"
             )
 
         return listen, self._database_url or read_url() or listen
