@@ -163,6 +163,24 @@ class TestRedactorUnits:
         assert not redactor.is_sensitive_key("session")
         assert redactor.redact_text("employee EMP-123456 joined") == "employee [REDACTED] joined"
 
+    @pytest.mark.parametrize(
+        "text",
+        ["token=tok_abcdef123456", "note token=tok_abcdef123456 here", "token: tok_abcdef123456", "X-Amz-Signature=abcdef123456&v=1"],
+    )
+    def test_parameters_without_question_mark(self, text: str) -> None:
+        """A secret parameter at the start of a bare query string or in free text is masked."""
+        masked = Redactor().redact_text(text)
+
+        assert "abcdef123456" not in masked
+
+    def test_multiword_extra_key_inside_longer_keys(self) -> None:
+        """An extra key of two words also matches keys that contain it."""
+        redactor = Redactor(extra_keys=["tax_number"])
+
+        for key in ("tax_number", "customer_tax_number", "app.tax_number", "vendorTaxNumber"):
+            assert redactor.is_sensitive_key(key), key
+        assert not redactor.is_sensitive_key("tax_rate")
+
     def test_optional_email_and_phone(self) -> None:
         """E-mail addresses and phone numbers are masked only when turned on."""
         text = "contact jane.doe@example.com or +44 20 7946 0958"

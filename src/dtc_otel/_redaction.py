@@ -65,7 +65,7 @@ _RULES: list[tuple[tuple[str, ...], str]] = [
     (("://",), r"(?P<keep>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]+:)[^\s@/]+(?=@)"),
     (
         ("=",),
-        r"(?P<keep>[?&;](?i:sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature"
+        r"(?P<keep>(?:^|(?<=[?&;\s]))(?i:sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature"
         r"|x-goog-credential|token|access_token|refresh_token|id_token|api_key|apikey|key|client_secret|password"
         r"|secret|code|auth)=)[^&\s#\"'<>]+",
     ),
@@ -76,7 +76,7 @@ _RULES: list[tuple[tuple[str, ...], str]] = [
     (("AIza",), r"\bAIza[0-9A-Za-z_-]{35}\b"),
     (
         ("=", ":"),
-        r"(?P<keep>\b(?i:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret)"
+        r"(?P<keep>\b(?i:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret)"
         r"\s*[:=]\s*[\"']?)[^\s\"',;&]{3,}",
     ),
 ]
@@ -102,6 +102,11 @@ def _keep_prefix(match: re.Match[str]) -> str:
 
 def _card(match: re.Match[str]) -> str:
     return MASK if luhn_valid(match.group(0)) else match.group(0)
+
+
+def _contains(words: list[str], sequence: tuple[str, ...]) -> bool:
+    size = len(sequence)
+    return any(tuple(words[i : i + size]) == sequence for i in range(len(words) - size + 1))
 
 
 def luhn_valid(digits: str) -> bool:
@@ -140,7 +145,11 @@ class Redactor:
         emails: bool = False,
         phones: bool = False,
     ) -> None:
-        self._secret_words = _SECRET_WORDS | {word.lower().replace("_", "").replace("-", "") for word in extra_keys}
+        extra = [_words(key) for key in extra_keys]
+        self._secret_words = _SECRET_WORDS | {"".join(words) for words in extra if words}
+        # Keys of several words ("tax_number") also match inside longer keys
+        # ("customer_tax_number", "app.taxNumber").
+        self._secret_sequences = [tuple(words) for words in extra if len(words) > 1]
         self._allowed = _DEFAULT_ALLOWED_KEYS | {key.lower() for key in allowed_keys}
         self._rules = [(triggers, re.compile(pattern)) for triggers, pattern in _RULES]
         self._extra = []
@@ -171,6 +180,7 @@ class Redactor:
                 any(word in self._secret_words for word in words)
                 or joined in self._secret_words
                 or any(pair in _SECRET_PAIRS for pair in zip(words, words[1:]))
+                or any(_contains(words, sequence) for sequence in self._secret_sequences)
             )
         if len(self._key_cache) < 4096:
             self._key_cache[key] = result
