@@ -147,7 +147,7 @@ def _cmd_receive(options: argparse.Namespace) -> int:
                 print(json.dumps(line, default=str), flush=True)
 
     try:
-        receiver = OTLPReceiver(options.port, host=options.host, on_spans=show)
+        receiver = OTLPReceiver(options.port, host=options.host, on_spans=show, keep=False)
     except OSError as exc:
         print(f"dtc-otel receive: cannot listen on {options.host}:{options.port}: {exc.strerror}", file=sys.stderr)
         return 1

@@ -96,11 +96,19 @@ class OTLPReceiver:
 
     * **port** - the TCP port; 0 picks a free one (see :attr:`endpoint`).
     * **on_spans** - called with each batch of decoded spans, on the server thread.
+    * **keep** - keep every span and request body in memory for :meth:`wait_for`; a
+      long-running printer such as ``dtc-otel receive`` turns this off.
     """
 
     def __init__(
-        self, port: int = 0, *, host: str = "127.0.0.1", on_spans: Callable[[list[ReceivedSpan]], None] | None = None
+        self,
+        port: int = 0,
+        *,
+        host: str = "127.0.0.1",
+        on_spans: Callable[[list[ReceivedSpan]], None] | None = None,
+        keep: bool = True,
     ) -> None:
+        self._keep = keep
         self.spans: list[ReceivedSpan] = []
         self.requests = 0
         # The decoded request bodies as received, for checks on the exact bytes exported.
@@ -146,7 +154,8 @@ class OTLPReceiver:
                 elif encoding == "deflate":
                     body = zlib.decompress(body)
                 spans = decode_request(body)
-                receiver.bodies.append(body)
+                if receiver._keep:
+                    receiver.bodies.append(body)
                 receiver._add(spans)
 
                 reply = ExportTraceServiceResponse().SerializeToString()
@@ -164,7 +173,8 @@ class OTLPReceiver:
     def _add(self, spans: list[ReceivedSpan]) -> None:
         with self._cond:
             self.requests += 1
-            self.spans.extend(spans)
+            if self._keep:
+                self.spans.extend(spans)
             self._cond.notify_all()
         if self._on_spans is not None:
             self._on_spans(spans)

@@ -416,9 +416,9 @@ class AuditWriter:
 
     # -- health -----------------------------------------------------------
 
-    def _write_health(self, force: bool = False) -> None:
+    def _write_health(self) -> None:
         now = time.monotonic()
-        if not force and now - self._last_health < _HEALTH_INTERVAL_SECONDS:
+        if now - self._last_health < _HEALTH_INTERVAL_SECONDS:
             return
         self._last_health = now
         try:
