@@ -6,8 +6,8 @@
   job_events, audit_events) into indexed copies: the practical upper limit,
 * writer: dtc-otel's AuditWriter, events enqueued as fast as possible and flushed.
 
-It also times ``enqueue`` calls while the writer is saturated, which is the cost the
-request path sees. Run by hand:
+It also times ``enqueue`` calls while the writer is saturated, which is the cost on the
+request path. Run by hand:
 
     python benchmarks/audit_writer.py --database-url postgresql://postgres@127.0.0.1:5432/postgres --events 20000 --rounds 3
 """

@@ -1,4 +1,4 @@
-"""A partner API stub on 127.0.0.1: answers with a chosen status and its own request ID."""
+"""A partner API stub on 127.0.0.1 that responds with a chosen status and its own request ID."""
 
 from __future__ import annotations
 

@@ -111,7 +111,7 @@ def test_database_url_password_masked() -> None:
 
 
 def test_wrapper_fails_fast_on_invalid_value() -> None:
-    """dtc-otel-run exits 2 before starting the program and says what to fix."""
+    """dtc-otel-run exits 2 before starting the program and names the fix."""
     result = subprocess.run(
         [str(BIN / "dtc-otel-run"), "python", "-c", "print('started')"],
         env={"PATH": str(BIN), "OTEL_TRACES_EXPORTER": "zipkin"},

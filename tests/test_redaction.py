@@ -127,7 +127,7 @@ ORDINARY = [
 
 class TestRedactorUnits:
     def test_corpus_has_enough_kinds(self) -> None:
-        """The corpus holds at least 60 secrets."""
+        """The corpus contains at least 60 secrets."""
         assert len(build_corpus()["secrets"]) >= 60
 
     def test_every_corpus_secret_masked(self) -> None:
@@ -313,7 +313,7 @@ class TestRetryAggregation:
     def test_tight_loop_gives_bounded_lines(self) -> None:
         """1,000 failing attempts in a tight loop: first decision, a few summaries, the outcome; 1,000 span events."""
         exporter = InMemorySpanExporter()
-        # The SDK keeps 128 events per span unless OTEL_SPAN_EVENT_COUNT_LIMIT says otherwise.
+        # The SDK keeps 128 events per span unless OTEL_SPAN_EVENT_COUNT_LIMIT sets another limit.
         provider = TracerProvider(span_limits=SpanLimits(max_events=2000))
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         lines = structlog.testing.LogCapture()
@@ -371,8 +371,8 @@ class TestRetryAggregation:
         assert lines.entries[1]["attempt"] == 3
 
 
-def test_span_redaction_keeps_attributes_when_only_an_event_changes() -> None:
-    """A span whose attributes are clean but whose exception event holds a secret keeps its attributes."""
+def test_clean_attributes_kept_on_masked_span() -> None:
+    """A span with clean attributes and a secret in its exception event keeps its attributes."""
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter as Memory
 
     from dtc_otel._span_redaction import redact_spans

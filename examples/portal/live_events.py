@@ -106,7 +106,7 @@ def _topic_id(topic: str, kind: str) -> int | None:
 async def authorize(request: Request, topics: list[str]) -> bool:
     """Return True when the viewer may follow every topic: their own quotes and customer topic.
 
-    Support may follow the quote and customer topics of every customer. Nobody
+    Support may follow the quote and customer topics of every customer. No viewer
     may follow ``*`` or any other kind of topic.
     """
     try:

@@ -48,8 +48,8 @@ async def receive_payment_webhook(request: Request, delivery: Any = Depends(rece
     """Record the payment of a verified payment.succeeded event; ignore other event types.
 
     dtc-otel's receiver has already stored the delivery and checked its signature.
-    A repeat of an event ID that was handled before returns 200 without a second payment;
-    a repeat of one that failed is processed again.
+    A repeat of an event ID that was handled before returns 200 without a second payment.
+    A repeat of an event whose earlier delivery failed is processed again.
     """
     if delivery.duplicate:
         log.info("payment webhook duplicate ignored", provider_event_id=delivery.provider_event_id)

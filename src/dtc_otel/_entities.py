@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 __all__ = ["EntitySpanProcessor", "bind", "bound_entities", "unbind"]
 
 # An immutable snapshot per context: bind() always stores a new dict, so a
-# task that inherited the old one never sees a later change.
+# task that inherited the old one keeps it unchanged.
 _entities: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("dtc_otel_entities", default={})
 
 _ATTRIBUTE_TYPES = (str, bool, int, float)

@@ -121,7 +121,12 @@ def _endpoint_accepts_connections() -> bool:
     )
     parts = urlsplit(endpoint)
     grpc = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")) == "grpc"
-    port = parts.port or (443 if parts.scheme == "https" else 4317 if grpc else 4318)
+    if parts.port:
+        port = parts.port
+    elif parts.scheme == "https":
+        port = 443
+    else:
+        port = 4317 if grpc else 4318
     try:
         with socket.create_connection((parts.hostname or "localhost", port), timeout=0.2):
             return True

@@ -4,7 +4,7 @@
 W3C trace context and baggage by default). On inject it also writes the
 correlation header and the allow-listed entity IDs as baggage, and it writes
 nothing at all for hosts that must not see our IDs. The httpx request hook
-tells it which host the next inject is for.
+records which host the next inject is for.
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ def configure(settings: Settings | None = None) -> TracerProvider | None:
     # The SDK's own exit hook could wait for a retrying exporter far longer
     # than a supervisor allows, so the bounded one in _lifecycle replaces it.
     provider = TracerProvider(resource=_resource(settings), shutdown_on_exit=False)
-    # Entity IDs go on at span start, before any exporter sees the span.
+    # Entity IDs are set at span start, before any exporter receives the span.
     provider.add_span_processor(EntitySpanProcessor())
     exporters = build_exporters(settings)
     for exporter in exporters:

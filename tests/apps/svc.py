@@ -101,7 +101,7 @@ async def boom() -> dict:
 
 @app.get("/partner/{status}")
 async def call_partner(status: int) -> dict:
-    """Call the partner stub, which answers with *status* and its own request ID."""
+    """Call the partner stub, which responds with *status* and its own request ID."""
     dtc_otel_bind(quote_id=44)
     response = await shared_client.get(f"{os.environ['PARTNER_URL']}/status/{status}?token=secret-value")
     return {"partner_status": response.status_code, "seen": response.json() if response.status_code < 500 else None}

@@ -38,8 +38,8 @@ def default_topic(table: str, row_id: str, entity_ids: dict[str, Any]) -> str:
 class AuditEvent:
     """One change to one audit row, plus the ``audit_events`` entry that announces it.
 
-    ``table`` names the row's table; ``data`` holds that table's columns for
-    this change. ``topic`` is what NOTIFY and the live stream filter on.
+    ``table`` names the row's table, and ``data`` contains that table's
+    columns for this change. ``topic`` is what NOTIFY and the live stream filter on.
     """
 
     table: str

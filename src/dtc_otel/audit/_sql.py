@@ -165,8 +165,9 @@ def stage_row(seq: int, event: AuditEvent, single: bool = True) -> tuple[Any, ..
     )  # fmt: skip
 
 
-# How a job row moves forward: later state wins, first trace and non-empty
-# payload stay, entity IDs merge, and an older event never overwrites a newer one.
+# The conflict rule of job rows: later state wins, the first trace and a
+# non-empty payload stay, entity IDs merge, and an older event never
+# overwrites a newer one.
 _JOB_CONFLICT = """ON CONFLICT (job_id) DO UPDATE SET
     status = EXCLUDED.status,
     attempts = GREATEST(j.attempts, EXCLUDED.attempts),

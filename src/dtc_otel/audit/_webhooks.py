@@ -50,7 +50,7 @@ _STORED_HEADERS = frozenset(
         "webhook-signature",
     }
 )
-# The status answered for a rejected delivery, by reason; any other reason is 401.
+# The status returned for a rejected delivery, by reason. Any other reason gets 401.
 _REJECTION_STATUS = {"payload_too_large": 413, "unparsable_body": 400}
 _SIGNATURE_HEADERS = frozenset({"stripe-signature", "webhook-signature", "x-hub-signature-256", "x-signature"})
 

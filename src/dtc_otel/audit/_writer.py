@@ -3,9 +3,9 @@
 The app's threads only append to a bounded in-memory queue. One daemon thread
 per process takes batches from it and writes each batch, its ``audit_events``
 rows and their ``pg_notify`` calls in one pipelined transaction. When
-PostgreSQL is unreachable the batch is retried with exponential backoff while
-new events keep queueing; once the queue is full, events spill to a local
-spool file, and spooled events are written first when the database is back or
+PostgreSQL is unreachable, the batch is retried with exponential backoff while
+new events keep queueing. Once the queue is full, events spill to a local
+spool file. Spooled events are written first when the database is back or
 when the next process starts. Event IDs make every write idempotent, so an
 event written twice (a batch that committed just before the connection
 dropped) leaves one row.
@@ -183,7 +183,11 @@ class AuditWriter:
     # -- the app's side -------------------------------------------------
 
     def enqueue(self, event: AuditEvent) -> None:
-        """Queue *event* for writing. Never blocks on the database and never raises."""
+        """Queue *event* for writing, without waiting on the database and without raising.
+
+        When the queue is full, the event is appended to the spool file on the
+        caller's thread, which costs a buffered file write.
+        """
         try:
             with self._cond:
                 if self._stopping:

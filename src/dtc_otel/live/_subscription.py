@@ -19,7 +19,7 @@ class Subscription:
     event is replaced by a single :class:`Resync` in the last slot, and every
     later event is dropped until the subscriber has read that marker, which
     leaves the queue empty. Close it (or leave its ``with`` block) to stop
-    receiving; the broadcaster then forgets it.
+    receiving; the broadcaster then removes it.
 
     Create it with :meth:`Broadcaster.subscribe`; use it from the event loop
     thread only.
