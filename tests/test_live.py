@@ -562,6 +562,16 @@ def test_sse_rejects_bad_requests(live_server) -> None:
     assert subscribers(base) == 0
 
 
+def sse_fields(chunk: bytes) -> list[tuple[str, str]]:
+    """Return (event, id) of every event in one chunk a stream yielded."""
+    fields = []
+    for block in chunk.decode().replace("\r\n", "\n").split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in lines:
+            fields.append((lines["event"], lines.get("id", "")))
+    return fields
+
+
 def test_slow_stream_refills_gap_from_log(live_db: str) -> None:
     """A stream whose queue overflowed sends the missed events from the log, in order, without a resync."""
     from dtc_otel.live._sse import _Options, _Stream
@@ -581,10 +591,12 @@ def test_slow_stream_refills_gap_from_log(live_db: str) -> None:
             while live.stats.delivered < 20:
                 await asyncio.sleep(0.02)
 
-            received = [await anext(messages) for _ in range(20)]
+            received: list[tuple[str, str]] = []
+            while len(received) < 20:
+                received += sse_fields(await anext(messages))
             await messages.aclose()
             assert live.subscriber_count == 0
-            return [(message.event, message.id) for message in received]
+            return received
 
     received = run(scenario())
 
@@ -725,6 +737,30 @@ def test_stream_ends_after_max_duration(live_server) -> None:
     assert subscribers(base) == 0
 
 
+def test_stalled_client_dropped_after_send_timeout(live_server, live_db: str) -> None:
+    """A client that stops reading is dropped once a write has blocked for send_timeout."""
+    base, app = live_server(LIVE_SEND_TIMEOUT="1")
+    port = int(base.rsplit(":", 1)[1])
+    client = socket.socket()
+    # A small receive buffer, so the server's writes block after a few MB.
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", port))
+    try:
+        client.sendall(b"GET /events?topic=quote:44 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        wait_until(lambda: subscribers(base) == 1, "the stream subscribed")
+        # Never read again: about 12 MB of events fill every buffer on the way.
+        with psycopg.connect(live_db) as conn:
+            for index in range(4000):
+                publish(conn, "quote:44", f"step-{index}-" + "x" * 3000)
+                if index % 500 == 499:
+                    conn.commit()
+
+        app.wait_for_line('"reason": "send_timeout"', timeout=30)
+        wait_until(lambda: subscribers(base) == 0, "the subscription was released", timeout=5)
+    finally:
+        client.close()
+
+
 def test_sigterm_with_open_stream_exits(live_server) -> None:
     """SIGTERM stops the server within a few seconds although a stream is open."""
     base, app = live_server()
@@ -856,3 +892,17 @@ def test_tail_without_database_fails() -> None:
 
     assert result.returncode == 2
     assert "DTC_OTEL_LISTEN_DATABASE_URL" in result.stderr
+
+
+def test_id_window_tells_repeats_within_its_span() -> None:
+    """IdWindow drops a repeated ID within its span, in any order, and counts older IDs as new."""
+    from dtc_otel.live._events import IdWindow
+
+    window = IdWindow(8)
+
+    assert [window.add(audit_id) for audit_id in (5, 7, 6, 7, 5)] == [True, True, True, False, False]
+    assert window.add(14) is True  # the window now spans 7 to 14
+    assert (window.add(7), window.add(6)) == (False, True)
+    assert window.add(10**12) is True  # a far jump clears the window without a huge integer
+    assert window.add(14) is True
+    assert window.add(10**12) is False

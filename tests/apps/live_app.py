@@ -24,6 +24,7 @@ app.include_router(
         authorize=authorize,
         ping_seconds=float(os.environ.get("LIVE_PING_SECONDS", "15")),
         max_stream_seconds=float(os.environ.get("LIVE_MAX_STREAM_SECONDS", "3600")),
+        send_timeout=float(os.environ.get("LIVE_SEND_TIMEOUT", "30")),
     )
 )
 

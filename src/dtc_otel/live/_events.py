@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-__all__ = ["LiveEvent", "RecentIds", "Resync", "entity_topic", "event_topics"]
+__all__ = ["IdWindow", "LiveEvent", "RecentIds", "Resync", "entity_topic", "event_topics"]
 
 # ``source_table`` of rows written by ``publish()``: their SSE event name is "state".
 PUBLISHED_TABLE = "audit_events"
@@ -166,3 +166,47 @@ class RecentIds:
     def update(self, audit_ids: Iterable[int]) -> None:
         for audit_id in audit_ids:
             self.add(audit_id)
+
+
+class IdWindow:
+    """The set of added IDs within *span* of the highest one, stored as one integer of *span* bits.
+
+    A stream keeps one to skip an event that both a replay from the log and
+    its live queue delivered. Unlike :class:`RecentIds` its size is fixed
+    from the start (``span / 8`` bytes), so a thousand streams cost the same
+    memory after a million events as after one.
+    """
+
+    def __init__(self, span: int) -> None:
+        if span < 1:
+            raise ValueError(f"invalid span {span}: expected at least 1")
+        self._span = span
+        self._mask = (1 << span) - 1
+        self._top: int | None = None
+        # Bit k set: the ID top - k was added.
+        self._bits = 0
+
+    def add(self, audit_id: int) -> bool:
+        """Remember *audit_id*; return False when it was already added.
+
+        An ID more than *span* below the highest one is outside the window
+        and counts as new.
+        """
+        top = self._top
+        if top is None or audit_id > top:
+            shift = self._span if top is None else audit_id - top
+            # A shift of span or more leaves nothing of the old window; the
+            # guard also keeps a far jump from building a huge integer.
+            self._bits = 1 if shift >= self._span else ((self._bits << shift) | 1) & self._mask
+            self._top = audit_id
+            return True
+
+        offset = top - audit_id
+        if offset >= self._span:
+            return True
+        bit = 1 << offset
+        if self._bits & bit:
+            return False
+        self._bits |= bit
+
+        return True

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Union
 
+import anyio
 import psycopg
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -33,7 +34,7 @@ from starlette.responses import Response
 
 from dtc_otel._ratelimit import log_once_per_interval
 from dtc_otel.live._broadcaster import ALL_TOPICS, Broadcaster, shared_broadcaster
-from dtc_otel.live._events import LiveEvent, RecentIds, Resync
+from dtc_otel.live._events import IdWindow, LiveEvent, Resync
 from dtc_otel.live._subscription import Subscription
 
 __all__ = ["Authorize", "events_router"]
@@ -44,11 +45,20 @@ Authorize = Callable[[Request, list[str]], Union[bool, Awaitable[bool]]]
 BroadcasterSource = Union[Broadcaster, Callable[[], Broadcaster], None]
 
 _MAX_TOPIC_LENGTH = 200
-# Event IDs each stream remembers, to skip an event that both a replay from
-# the log and the live queue delivered. An overlap is at most the live queue
-# (1,000 events by default), so twice that is enough; 20,000 per stream cost
-# about 2 GiB for 1,000 streams (benchmarks/live_latency.py).
-_SENT_WINDOW = 2_048
+# One write to the client carries at most this much: a stream that wakes
+# with many events queued sends them together, since each write costs a
+# task switch, the ASGI layers and a system call whatever its size.
+_MAX_CHUNK_BYTES = 64 * 1024
+# Encoded events kept for the streams still sending them. Followers take an
+# event within a fraction of a second, so the newest few hundred are enough.
+_FRAME_CACHE_SIZE = 512
+# How far below its newest event ID a stream still distinguishes a repeated
+# event from a new one, in IDs. A refill re-reads the broadcaster's reread_span
+# below the last delivered event, so the window spans at least four times
+# that. Each stream keeps one bit per ID: 512 bytes for 4,096 IDs. (A set
+# of recent IDs cost about 100 bytes per ID and grew until it was full:
+# 2 GiB for 1,000 streams at 20,000 IDs each, in benchmarks/live_latency.py.)
+_MIN_SENT_SPAN = 4_096
 
 
 @dataclass(frozen=True)
@@ -125,33 +135,113 @@ def _parse_last_event_id(request: Request) -> int | None | JSONResponse:
     return int(raw)
 
 
-def _sse(event: LiveEvent) -> ServerSentEvent:
+def _encode(event: LiveEvent) -> bytes:
     data = json.dumps(event.payload(), default=str, separators=(",", ":"))
 
-    return ServerSentEvent(data=data, id=str(event.id), event=event.name)
+    return ServerSentEvent(data=data, id=str(event.id), event=event.name).encode()
 
 
-def _sse_resync(resync: Resync) -> ServerSentEvent:
-    return ServerSentEvent(data=json.dumps(resync.payload(), separators=(",", ":")), event=resync.name)
+def _encode_resync(resync: Resync) -> bytes:
+    return ServerSentEvent(data=json.dumps(resync.payload(), separators=(",", ":")), event=resync.name).encode()
+
+
+class _Frames:
+    """Encoded events by ID, shared by a router's streams, so an event is encoded once, not once per stream."""
+
+    def __init__(self, size: int = _FRAME_CACHE_SIZE) -> None:
+        self._size = size
+        self._frames: dict[int, bytes] = {}
+
+    def get(self, event: LiveEvent) -> bytes:
+        frame = self._frames.get(event.id)
+        if frame is None:
+            frame = _encode(event)
+            if len(self._frames) >= self._size:
+                # Dicts keep insertion order: the first key is the oldest event.
+                del self._frames[next(iter(self._frames))]
+            self._frames[event.id] = frame
+
+        return frame
+
+
+class _LiveResponse(EventSourceResponse):
+    """An EventSourceResponse that bounds a blocked write with one timer per stream.
+
+    sse-starlette's own ``send_timeout`` arms a timer for every write. With a
+    thousand streams those cancelled timers, one per event and stream, lived
+    long enough to fill the old generation and trigger full garbage
+    collections of 150-200 ms (benchmarks/live_latency.py on two cores).
+    Here one check per stream runs every quarter of the timeout instead, so
+    a stuck write ends the stream after one to 1.25 times *write_timeout*.
+    """
+
+    def __init__(
+        self, content: AsyncIterator[bytes], *, write_timeout: float, on_timeout: Callable[[], None], **options: Any
+    ) -> None:
+        super().__init__(content, send_timeout=None, **options)
+        self._write_timeout = write_timeout
+        self._on_timeout = on_timeout
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        loop = asyncio.get_running_loop()
+        blocked_since: float | None = None
+
+        async def watched_send(message: Any) -> None:
+            nonlocal blocked_since
+            blocked_since = loop.time()
+            try:
+                await send(message)
+            finally:
+                blocked_since = None
+
+        with anyio.CancelScope() as scope_of_stream:
+
+            def check() -> None:
+                nonlocal timer
+                if blocked_since is not None and loop.time() - blocked_since >= self._write_timeout:
+                    self._on_timeout()
+                    scope_of_stream.cancel()
+                    return
+                timer = loop.call_later(self._write_timeout / 4, check)
+
+            timer = loop.call_later(self._write_timeout / 4, check)
+            try:
+                await super().__call__(scope, receive, watched_send)
+            finally:
+                timer.cancel()
 
 
 class _Stream:
-    """One client's stream: replay from the log, then live events, until it ends."""
+    """One client's stream: replay from the log, then live events, until it ends.
+
+    It yields encoded bytes. Each wake-up sends every event that is waiting
+    in one write of up to ``_MAX_CHUNK_BYTES``, so a burst costs one write
+    per stream rather than one per event.
+    """
 
     def __init__(
-        self, broadcaster: Broadcaster, topics: list[str], last_event_id: int | None, options: _Options
+        self,
+        broadcaster: Broadcaster,
+        topics: list[str],
+        last_event_id: int | None,
+        options: _Options,
+        frames: _Frames | None = None,
     ) -> None:
         self.broadcaster = broadcaster
         self.topics = topics
         self.followed = None if ALL_TOPICS in topics else frozenset(topics)
         self.last_event_id = last_event_id
         self.options = options
+        self.frames = frames or _Frames()
         self.sent = 0
-        self.sent_ids = RecentIds(_SENT_WINDOW)
+        self.sent_ids = IdWindow(max(_MIN_SENT_SPAN, 4 * broadcaster.reread_span))
         self.reason: str | None = None
 
     async def on_client_close(self, message: Any) -> None:
         self.reason = "client_disconnected"
+
+    def on_send_timeout(self) -> None:
+        self.reason = self.reason or "send_timeout"
 
     async def _replay(self, after_id: int) -> tuple[list[LiveEvent], Resync | None]:
         """Read the events after *after_id* not yet sent; return them and a Resync if some are missing."""
@@ -169,10 +259,19 @@ class _Stream:
 
         return fresh, Resync(events[-1].id if events else after_id, "too_far_behind")
 
-    async def events(self) -> AsyncIterator[ServerSentEvent]:
+    def _expire(self, subscription: Subscription) -> None:
+        # Closing the subscription ends the wait in events(). A timeout
+        # around each wait would cost a timer per event instead of one per stream.
+        self.reason = self.reason or "max_stream_seconds"
+        subscription.close()
+
+    async def events(self) -> AsyncIterator[bytes]:
         started = time.monotonic()
         # Subscribe before reading the log, so nothing committed in between is missed.
         subscription = self.broadcaster.subscribe(self.topics, max_queue=self.options.max_queue)
+        # The client reconnects with Last-Event-ID; this bounds how long a
+        # stream to a vanished client can hold its subscription.
+        expiry = asyncio.get_running_loop().call_later(self.options.max_stream_seconds, self._expire, subscription)
         # A gap before this stream's first event is refilled from here, not from older events.
         floor = self.last_event_id if self.last_event_id is not None else self.broadcaster.last_id
         _logger.info(
@@ -180,18 +279,34 @@ class _Stream:
             extra={"topics": ",".join(self.topics), "last_event_id": self.last_event_id},
         )
         try:
-            yield ServerSentEvent(comment="live", retry=self.options.retry_ms)
+            yield ServerSentEvent(comment="live", retry=self.options.retry_ms).encode()
             if self.last_event_id is not None:
                 async with contextlib.aclosing(self._send_replay(self.last_event_id)) as replayed:
-                    async for message in replayed:
-                        yield message
-            async with contextlib.aclosing(self._send_live(subscription, started, floor)) as live:
-                async for message in live:
-                    yield message
+                    async for chunk in replayed:
+                        yield chunk
+            # The live loop sits in this generator rather than a nested one:
+            # each level of generators adds objects to every wait.
+            while True:
+                frames, gap = self._take_waiting(subscription)
+                if frames:
+                    yield b"".join(frames)
+                if gap is not None:
+                    # The queue overflowed: refill the gap from the log.
+                    last_delivered = gap.after_id if gap.after_id is not None else floor
+                    after = max(floor, last_delivered - self.broadcaster.reread_span)
+                    async with contextlib.aclosing(self._send_replay(after)) as replayed:
+                        async for chunk in replayed:
+                            yield chunk
+                elif not frames:
+                    if subscription.closed:
+                        self.reason = self.reason or "broadcaster_stopped"
+                        return
+                    await subscription.wait()
         except asyncio.CancelledError:
             self.reason = self.reason or ("server_shutdown" if AppStatus.should_exit else "cancelled")
             raise
         finally:
+            expiry.cancel()
             subscription.close()
             _logger.info(
                 "live stream closed",
@@ -203,44 +318,40 @@ class _Stream:
                 },
             )
 
-    async def _send_replay(self, after_id: int) -> AsyncIterator[ServerSentEvent]:
-        events, gap = await self._replay(after_id)
-        for event in events:
-            self.sent += 1
-            yield _sse(event)
-        if gap is not None:
-            yield _sse_resync(gap)
-
-    async def _send_live(self, subscription: Subscription, started: float, floor: int) -> AsyncIterator[ServerSentEvent]:
-        deadline = started + self.options.max_stream_seconds
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                # Only the wait is under the timeout, never a yield. A timeout
-                # that fired while the generator is paused would cancel the
-                # response's send instead.
-                async with asyncio.timeout(max(remaining, 0)):
-                    item = await subscription.get()
-            except TimeoutError:
-                # The client reconnects with Last-Event-ID; this bounds how long
-                # a stream to a vanished client can hold its subscription.
-                self.reason = "max_stream_seconds"
-                return
-            except StopAsyncIteration:
-                self.reason = "broadcaster_stopped"
-                return
-
+    def _take_waiting(self, subscription: Subscription) -> tuple[list[bytes], Resync | None]:
+        """Take waiting events up to one chunk; stop early at a Resync and return it."""
+        frames: list[bytes] = []
+        size = 0
+        while size < _MAX_CHUNK_BYTES:
+            item = subscription.get_nowait()
+            if item is None:
+                break
             if isinstance(item, Resync):
-                # The queue overflowed: refill the gap from the log instead.
-                last_delivered = item.after_id if item.after_id is not None else floor
-                after = max(floor, last_delivered - self.broadcaster.reread_span)
-                async with contextlib.aclosing(self._send_replay(after)) as replayed:
-                    async for message in replayed:
-                        yield message
-                continue
+                return frames, item
             if self.sent_ids.add(item.id):
+                frame = self.frames.get(item)
+                frames.append(frame)
+                size += len(frame)
                 self.sent += 1
-                yield _sse(item)
+
+        return frames, None
+
+    async def _send_replay(self, after_id: int) -> AsyncIterator[bytes]:
+        events, gap = await self._replay(after_id)
+        chunk: list[bytes] = []
+        size = 0
+        for event in events:
+            frame = self.frames.get(event)
+            chunk.append(frame)
+            size += len(frame)
+            self.sent += 1
+            if size >= _MAX_CHUNK_BYTES:
+                yield b"".join(chunk)
+                chunk, size = [], 0
+        if gap is not None:
+            chunk.append(_encode_resync(gap))
+        if chunk:
+            yield b"".join(chunk)
 
 
 def events_router(
@@ -300,6 +411,7 @@ def events_router(
 
     source = _Source(broadcaster_or_factory)
     options = _Options(ping_seconds, send_timeout, max_topics, max_stream_seconds, max_replay, retry_ms, max_queue)
+    frames = _Frames()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -329,12 +441,13 @@ def events_router(
         if broadcaster is None:
             return _error(503, "live events are not configured on this server; see its log")
 
-        stream = _Stream(broadcaster, topics, last_event_id, options)
-        return EventSourceResponse(
+        stream = _Stream(broadcaster, topics, last_event_id, options, frames)
+        return _LiveResponse(
             stream.events(),
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             ping=options.ping_seconds,
-            send_timeout=options.send_timeout,
+            write_timeout=options.send_timeout,
+            on_timeout=stream.on_send_timeout,
             client_close_handler_callable=stream.on_client_close,
         )
 
