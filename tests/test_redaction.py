@@ -387,3 +387,12 @@ def test_clean_attributes_kept_on_masked_span() -> None:
 
     assert dict(redacted.attributes) == {"quote_id": 44, "route": "/quotes"}
     assert "sk_live_" not in str(redacted.events[0].attributes)
+
+
+def test_every_aws_key_prefix_masked() -> None:
+    """AWS key IDs of every prefix are masked, also with no digit that would trigger a scan."""
+    redactor = Redactor()
+
+    for prefix in ("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA"):
+        key = prefix + _random(16, string.ascii_uppercase)
+        assert redactor.redact_text(f"key {key} used") == "key [REDACTED] used", prefix

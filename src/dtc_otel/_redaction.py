@@ -92,8 +92,11 @@ _MIN_SCAN_LENGTH = 8
 # Every trigger above, plus digits for card numbers, in one search: most
 # ordinary values contain none and skip the rules entirely.
 _ANY_TRIGGER = re.compile(
-    r"PRIVATE KEY|earer|asic\s|eyJ|[=:@]|_live_|_test_|whsec_|A[KSGIRNP][IPDON]A|gh[pousr]_|github_pat_|xox|AIza|\d{4}"
+    r"PRIVATE KEY|earer|asic\s|eyJ|[=:@]|_live_|_test_|whsec_|A[KSGIRNP][IPDONV]A|gh[pousr]_|github_pat_|xox|AIza|\d{4}"
 )
+# The same without the digits: IDs such as UUIDs often contain four digits in
+# a row but no other trigger, and then only the card number check applies.
+_RULE_TRIGGER = re.compile(r"PRIVATE KEY|earer|asic\s|eyJ|[=:@]|_live_|_test_|whsec_|A[KSGIRNP][IPDONV]A|gh[pousr]_|github_pat_|xox|AIza")
 
 
 def _keep_prefix(match: re.Match[str]) -> str:
@@ -194,11 +197,12 @@ class Redactor:
         if self._quick and _ANY_TRIGGER.search(text) is None:
             return text
 
-        for triggers, pattern in self._rules:
-            for trigger in triggers:
-                if trigger in text:
-                    text = pattern.sub(_keep_prefix, text)
-                    break
+        if _RULE_TRIGGER.search(text) is not None:
+            for triggers, pattern in self._rules:
+                for trigger in triggers:
+                    if trigger in text:
+                        text = pattern.sub(_keep_prefix, text)
+                        break
         if _DIGIT_RUN.search(text):
             text = _CARD.sub(_card, text)
         if self._emails and "@" in text:

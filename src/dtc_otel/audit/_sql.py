@@ -29,8 +29,12 @@ def _ts(epoch: float | None) -> datetime | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, tz=timezone.utc)
 
 
+# Built once: json.dumps with any option but the defaults builds an encoder per call.
+_encode_json = json.JSONEncoder(default=str, separators=(",", ":")).encode
+
+
 def _json(value: Any) -> str:
-    return json.dumps(value or {}, default=str, separators=(",", ":"))
+    return _encode_json(value) if value else "{}"
 
 
 _WEBHOOK_UPSERT = """

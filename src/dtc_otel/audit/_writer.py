@@ -1,8 +1,10 @@
 """The background writer: audit events to PostgreSQL in batches, durable across outages.
 
-The app's threads only append to a bounded in-memory queue. One daemon thread
-per process takes batches from it and writes each batch, its ``audit_events``
-rows and their ``pg_notify`` calls in one pipelined transaction. When
+The app's threads only append to a bounded in-memory queue. Writer threads
+(two by default, each with its own queue and connection) take batches from
+it and write each batch, its ``audit_events`` rows and their ``pg_notify``
+calls in one transaction. All events of one row go to the same thread, so
+they are written in order. When
 PostgreSQL is unreachable, the batch is retried with exponential backoff while
 new events keep queueing. Once the queue is full, events spill to a local
 spool file. Spooled events are written first when the database is back or
@@ -49,6 +51,7 @@ _logger = logging.getLogger("dtc_otel.audit")
 _DEFAULT_MAX_QUEUE = 10_000
 _DEFAULT_BATCH_SIZE = 500
 _DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
+_DEFAULT_CONNECTIONS = 2
 # How often the writer wakes without new events, to replay the spool and
 # report its health; short enough that a flush at exit is quick.
 _IDLE_WAKE_SECONDS = 0.2
@@ -119,7 +122,7 @@ def write_batch(conn: psycopg.Connection[Any], schema: str, events: list[AuditEv
 
 
 class AuditWriter:
-    """Write audit events to PostgreSQL from a background thread; see the module docstring.
+    """Write audit events to PostgreSQL from background threads; see the module docstring.
 
     **Parameters:**
 
@@ -128,6 +131,11 @@ class AuditWriter:
     * **spool_dir** - where events wait on disk while PostgreSQL is unreachable.
     * **max_queue** - events held in memory before new ones go to the spool.
     * **batch_size** - events written per transaction at most.
+    * **connections** - writer threads, each with its own connection. Events
+      of one row always go through the same one, in order. Two connections
+      let PostgreSQL work on one batch while Python prepares the next:
+      about 1.5 times the throughput of one on two cores
+      (benchmarks/audit_writer.py).
     """
 
     def __init__(
@@ -139,9 +147,12 @@ class AuditWriter:
         max_queue: int = _DEFAULT_MAX_QUEUE,
         batch_size: int = _DEFAULT_BATCH_SIZE,
         spool_max_bytes: int = _DEFAULT_SPOOL_MAX_BYTES,
+        connections: int = _DEFAULT_CONNECTIONS,
     ) -> None:
         if max_queue <= 0 or batch_size <= 0:
             raise ValueError(f"max_queue and batch_size must be positive, got {max_queue} and {batch_size}")
+        if not 1 <= connections <= 16:
+            raise ValueError(f"invalid connections {connections}: expected 1 to 16 writer connections")
 
         self._url = database_url
         self._schema = schema
@@ -149,6 +160,7 @@ class AuditWriter:
         self._max_queue = max_queue
         self._batch_size = batch_size
         self._spool_max_bytes = spool_max_bytes
+        self._connections = connections
         self._wait = wait_exponential(multiplier=0.1, min=0.1, max=5.0)
         self._reset_state()
 
@@ -165,19 +177,17 @@ class AuditWriter:
         _register_metrics(self_ref)
 
     def _reset_state(self) -> None:
-        self._queue: collections.deque[AuditEvent] = collections.deque()
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._conn: psycopg.Connection[Any] | None = None
+        self._lanes = [_Lane(index) for index in range(self._connections)]
+        # Set once by shutdown(); the writer threads read it without a lock.
         self._stopping = False
-        self._busy = False
         self._spool_file: Any = None
-        # The app's threads (queue full) and the writer thread (outage at
-        # shutdown) both append to the spool file.
+        # The app's threads (queue full) and the writer threads (outage at
+        # shutdown) all append to the spool file.
         self._spool_lock = threading.RLock()
         self._spool_path = self._spool_dir / f"spool-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
         self._replay_due = True
         self._last_health = 0.0
+        self._stats_lock = threading.Lock()
         self.stats = WriterStats()
 
     # -- the app's side -------------------------------------------------
@@ -189,56 +199,65 @@ class AuditWriter:
         caller's thread, which costs a buffered file write.
         """
         try:
-            with self._cond:
-                if self._stopping:
+            # One row's events share a lane, so they are written in order.
+            lanes = self._lanes
+            lane = lanes[hash(event.row_id) % len(lanes)] if len(lanes) > 1 else lanes[0]
+            with lane.cond:
+                # The total over all lanes, read without their locks: the
+                # limit bounds memory, so being off by a few events is harmless.
+                if self._stopping or self.queue_depth() >= self._max_queue:
                     self._spool([event])
                     return
-                if len(self._queue) >= self._max_queue:
-                    self._spool([event])
-                    return
-                self._queue.append(event)
-                self._cond.notify()
-            if self._thread is None:
+                lane.queue.append(event)
+                lane.cond.notify()
+            if lane.thread is None:
                 self._start()
         except Exception:  # noqa: BLE001 - the audit trail must never fail the app
-            self.stats.dropped += 1
+            self._count("dropped", 1)
             log_once_per_interval(_logger, "audit event dropped", exc_info=True, dropped=self.stats.dropped)
 
     def _start(self) -> None:
-        with self._cond:
-            if self._thread is not None:
-                return
-            self._thread = threading.Thread(target=self._run, name="dtc-otel-audit-writer", daemon=True)
-            self._thread.start()
+        for lane in self._lanes:
+            with lane.cond:
+                if lane.thread is not None:
+                    continue
+                lane.thread = threading.Thread(
+                    target=self._run, args=(lane,), name=f"dtc-otel-audit-writer-{lane.index}", daemon=True
+                )
+                lane.thread.start()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued event is written; return False on timeout."""
-        if self._thread is None and self._queue:
+        if self._lanes[0].thread is None and self.queue_depth():
             self._start()
         deadline = time.monotonic() + timeout
-        with self._cond:
-            self._cond.notify_all()
-            while self._queue or self._busy:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(min(remaining, 0.05))
+        for lane in self._lanes:
+            with lane.cond:
+                lane.cond.notify_all()
+                while lane.queue or lane.busy:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    lane.cond.wait(min(remaining, 0.05))
 
         return True
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Write what can be written within *timeout*, spool the rest, and stop."""
         self.flush(timeout)
-        with self._cond:
-            self._stopping = True
-            leftover = list(self._queue)
-            self._queue.clear()
-            self._cond.notify_all()
+        leftover: list[AuditEvent] = []
+        self._stopping = True
+        for lane in self._lanes:
+            with lane.cond:
+                leftover.extend(lane.queue)
+                lane.queue.clear()
+                lane.cond.notify_all()
         if leftover:
             self._spool(leftover)
-        if self._thread is not None:
-            # The thread spools a batch it could not write once it finds the stop flag set.
-            self._thread.join(max(timeout, 1.0))
+        for lane in self._lanes:
+            if lane.thread is not None:
+                # The thread spools a batch it could not write once it finds the stop flag set.
+                lane.thread.join(max(timeout, 1.0))
         self._close_spool()
         # A report from an exited process would only mislead dtc-otel doctor.
         try:
@@ -247,7 +266,7 @@ class AuditWriter:
             pass
 
     def queue_depth(self) -> int:
-        return len(self._queue)
+        return sum(len(lane.queue) for lane in self._lanes)
 
     def spool_bytes(self) -> int:
         try:
@@ -255,40 +274,47 @@ class AuditWriter:
         except OSError:
             return 0
 
-    # -- the writer thread ----------------------------------------------
+    def _count(self, name: str, amount: int) -> None:
+        with self._stats_lock:
+            setattr(self.stats, name, getattr(self.stats, name) + amount)
 
-    def _run(self) -> None:
+    # -- the writer threads ---------------------------------------------
+
+    def _run(self, lane: _Lane) -> None:
         # The writer's own queries must not show up as spans of the app.
         otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        # The first lane also replays the spool and reports health.
+        first = lane.index == 0
         attempt = 0
         batch: list[AuditEvent] = []
         while True:
-            with self._cond:
+            with lane.cond:
                 if not batch:
-                    while not self._queue and not self._stopping and not self._replay_due:
-                        self._cond.wait(_IDLE_WAKE_SECONDS)
-                        self._write_health()
-                        if self._spool_has_files():
-                            self._replay_due = True
-                    if self._stopping and not self._queue:
-                        self._busy = False
-                        self._cond.notify_all()
+                    while not lane.queue and not self._stopping and not (first and self._replay_due):
+                        lane.cond.wait(_IDLE_WAKE_SECONDS)
+                        if first:
+                            self._write_health()
+                            if self._spool_has_files():
+                                self._replay_due = True
+                    if self._stopping and not lane.queue:
+                        lane.busy = False
+                        lane.cond.notify_all()
                         return
-                    for _ in range(min(self._batch_size, len(self._queue))):
-                        batch.append(self._queue.popleft())
-                    self._busy = bool(batch)
+                    for _ in range(min(self._batch_size, len(lane.queue))):
+                        batch.append(lane.queue.popleft())
+                    lane.busy = bool(batch)
 
             try:
-                if self._replay_due:
-                    self._replay_spool()
+                if first and self._replay_due:
+                    self._replay_spool(lane)
                 if batch:
-                    self._write(batch)
+                    self._write(lane, batch)
                     batch = []
                 attempt = 0
             except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
                 attempt += 1
-                self._drop_connection()
-                self.stats.retries += 1
+                self._drop_connection(lane)
+                self._count("retries", 1)
                 log_once_per_interval(
                     _logger, "audit writer cannot reach PostgreSQL; retrying", error=type(exc).__name__, attempt=attempt
                 )
@@ -296,10 +322,10 @@ class AuditWriter:
                     self._spool(batch)
                     batch = []
                     continue
-                with self._cond:
+                with lane.cond:
                     # Woken early by shutdown(), which then gets the batch spooled.
                     if not self._stopping:
-                        self._cond.wait(self._wait(_RetryState(attempt)))
+                        lane.cond.wait(self._wait(_RetryState(attempt)))
             except Exception:  # noqa: BLE001 - a bad event must not stop the writer
                 # A batch the database rejects for another reason (a bug or a
                 # schema mismatch) would fail forever; keep it on disk instead.
@@ -307,39 +333,40 @@ class AuditWriter:
                 self._spool(batch)
                 batch = []
             finally:
-                with self._cond:
+                with lane.cond:
                     if not batch:
-                        self._busy = False
-                    self._cond.notify_all()
+                        lane.busy = False
+                    lane.cond.notify_all()
 
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._url, connect_timeout=5, application_name="dtc-otel-audit-writer")
+    def _connection(self, lane: _Lane) -> psycopg.Connection[Any]:
+        if lane.conn is None or lane.conn.closed:
+            lane.conn = psycopg.connect(self._url, connect_timeout=5, application_name="dtc-otel-audit-writer")
             if not self.stats.connected:
                 _logger.info("audit writer connected to PostgreSQL")
             self.stats.connected = True
             self._replay_due = self._replay_due or self._spool_has_files()
 
-        return self._conn
+        return lane.conn
 
-    def _drop_connection(self) -> None:
+    def _drop_connection(self, lane: _Lane) -> None:
         self.stats.connected = False
-        if self._conn is not None:
+        if lane.conn is not None:
             try:
-                self._conn.close()
+                lane.conn.close()
             except Exception:  # noqa: BLE001
                 pass
-        self._conn = None
+        lane.conn = None
 
-    def _write(self, batch: list[AuditEvent]) -> None:
+    def _write(self, lane: _Lane, batch: list[AuditEvent]) -> None:
         started = time.perf_counter()
-        conn = self._connection()
+        conn = self._connection(lane)
         with conn.transaction():
             write_batch(conn, self._schema, batch)
-        self.stats.last_batch_ms = (time.perf_counter() - started) * 1000
-        self.stats.last_batch_size = len(batch)
-        self.stats.batches += 1
-        self.stats.written += len(batch)
+        with self._stats_lock:
+            self.stats.last_batch_ms = (time.perf_counter() - started) * 1000
+            self.stats.last_batch_size = len(batch)
+            self.stats.batches += 1
+            self.stats.written += len(batch)
 
     # -- the spool --------------------------------------------------------
 
@@ -359,9 +386,9 @@ class AuditWriter:
             for event in events:
                 self._spool_file.write(event.to_json() + "\n")
             self._spool_file.flush()
-            self.stats.spooled += len(events)
+            self._count("spooled", len(events))
         except OSError as exc:
-            self.stats.dropped += len(events)
+            self._count("dropped", len(events))
             log_once_per_interval(
                 _logger, "audit events dropped: spool not writable", error=str(exc), dropped=self.stats.dropped
             )
@@ -390,7 +417,7 @@ class AuditWriter:
                     continue
             yield claimed
 
-    def _replay_spool(self) -> None:
+    def _replay_spool(self, lane: _Lane) -> None:
         self._replay_due = False
         if not self._spool_dir.is_dir():
             return
@@ -404,17 +431,17 @@ class AuditWriter:
                         events.append(AuditEvent.from_json(line))
                     except (ValueError, TypeError, KeyError):
                         # A line cut short by a crash mid-write; the rest is good.
-                        self.stats.dropped += 1
+                        self._count("dropped", 1)
                         log_once_per_interval(_logger, "unreadable spool line skipped", file=path.name, line=number)
             try:
                 for start in range(0, len(events), self._batch_size):
-                    self._write(events[start : start + self._batch_size])
+                    self._write(lane, events[start : start + self._batch_size])
             except Exception:
                 # Put the file back so the next attempt finds it.
                 path.rename(path.with_name(path.name.replace(f"replay-{os.getpid()}-", "spool-", 1)))
                 self._replay_due = True
                 raise
-            self.stats.replayed += len(events)
+            self._count("replayed", len(events))
             path.unlink()
             _logger.info("audit writer replayed %d spooled events", len(events))
 
@@ -482,6 +509,19 @@ def _register_metrics(writer_ref: weakref.ReferenceType[AuditWriter]) -> None:
         meter.create_observable_counter(
             name, [total(lambda w, f=field_name: getattr(w.stats, f))], unit="{event}", description=description
         )
+
+
+class _Lane:
+    """One writer thread's queue, connection and state; see ``AuditWriter(connections=...)``."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.queue: collections.deque[AuditEvent] = collections.deque()
+        self.cond = threading.Condition()
+        self.thread: threading.Thread | None = None
+        self.conn: psycopg.Connection[Any] | None = None
+        # True while the thread writes a batch it took from the queue.
+        self.busy = False
 
 
 class _RetryState:
