@@ -130,3 +130,20 @@ def test_sigterm_with_failing_export_skips_full_wait(launch) -> None:
     elapsed = time.monotonic() - started
 
     assert elapsed < 10, f"exit took {elapsed:.1f} s with a 30 s budget"
+
+
+def test_export_session_reads_environment_once(monkeypatch, tmp_path) -> None:
+    """The exporter's session skips requests' per-request lookups only when there is nothing to find."""
+    from dtc_otel._export import _REQUESTS_ENVIRONMENT, _export_session
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in _REQUESTS_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    assert _export_session().trust_env is False
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    assert _export_session().trust_env is True
+
+    monkeypatch.delenv("HTTPS_PROXY")
+    (tmp_path / ".netrc").write_text("machine collector login user password fake\n")
+    assert _export_session().trust_env is True

@@ -12,8 +12,10 @@ import logging
 import os
 import socket
 import threading
-from urllib.parse import urlsplit
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, SpanExportResult
@@ -158,6 +160,9 @@ def _fast_http_exporter_class() -> type[SpanExporter]:
     class FastOTLPSpanExporter(HTTPExporter):  # type: ignore[misc]
         """Upstream's OTLP/HTTP exporter (endpoint, headers, gzip, retries) with a faster encoder."""
 
+        def __init__(self, *args: Any, session: Any = None, **options: Any) -> None:
+            super().__init__(*args, session=session or _export_session(), **options)
+
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             client = getattr(self, "_client", None)
             # NOTE: relies on the pinned exporter release's private _client;
@@ -173,6 +178,36 @@ def _fast_http_exporter_class() -> type[SpanExporter]:
             return SpanExportResult.SUCCESS if client.export(body).success else SpanExportResult.FAILURE
 
     return FastOTLPSpanExporter
+
+
+# Settings that requests reads from the environment on every request while
+# Session.trust_env is on.
+_REQUESTS_ENVIRONMENT = (
+    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy",
+    "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NETRC",
+)  # fmt: skip
+
+
+def _export_session() -> Any:
+    """Return the exporter's requests session, reading the environment once rather than per export.
+
+    With ``trust_env`` on, requests looks for ``~/.netrc`` and proxy settings
+    on every request: about 1 % of the server's CPU in the HTTP benchmark.
+    When none of those exist at start-up, they are switched off. Otherwise
+    the session keeps requests' default behaviour.
+    """
+    import requests
+
+    session = requests.Session()
+    try:
+        has_netrc = any((Path.home() / name).exists() for name in (".netrc", "_netrc"))
+    except (RuntimeError, OSError):
+        # No home folder to look in: keep requests' own lookup.
+        has_netrc = True
+    if not has_netrc and not any(os.environ.get(name) for name in _REQUESTS_ENVIRONMENT):
+        session.trust_env = False
+
+    return session
 
 
 def build_exporters(settings: Settings) -> list[GuardedExporter]:

@@ -224,9 +224,11 @@ class JSONAccessFormatter(logging.Formatter):
             event.setdefault(key, value)
         add_trace_ids(None, "info", event)
 
-        return json.dumps(event, default=str)
+        return _encode_access_line(event)
 
 
+# Built once: json.dumps with default= builds a new encoder on every call.
+_encode_access_line = json.JSONEncoder(default=str).encode
 _chain = _Chain()
 
 
