@@ -321,7 +321,7 @@ class SseClient:
             received = time.perf_counter_ns()
             buffer += chunk[:-2]
             # A browser parses events in native code, each tab in its own
-            # process; here one process reads every stream, so it only finds
+            # process. Here one process reads every stream, so it only finds
             # each complete event's ID instead of decoding its JSON.
             end = buffer.rfind(b"\r\n\r\n")
             if end < 0:
