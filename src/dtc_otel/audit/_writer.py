@@ -234,7 +234,8 @@ class AuditWriter:
         for lane in self._lanes:
             with lane.cond:
                 lane.cond.notify_all()
-                while lane.queue or lane.busy:
+                # The first lane replays the spool; a replay it has yet to start counts as pending work.
+                while lane.queue or lane.busy or (lane.index == 0 and lane.thread is not None and self._replay_due):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return False
@@ -302,7 +303,8 @@ class AuditWriter:
                         return
                     for _ in range(min(self._batch_size, len(lane.queue))):
                         batch.append(lane.queue.popleft())
-                    lane.busy = bool(batch)
+                    # A replay counts as work too, so flush() waits for it.
+                    lane.busy = bool(batch) or (first and self._replay_due)
 
             try:
                 if first and self._replay_due:
