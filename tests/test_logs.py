@@ -132,3 +132,17 @@ def test_log_format_setting(launch, log_format: str) -> None:
     else:
         assert not line.startswith("{")
         assert "quote_id" in line
+
+
+def test_long_message_keeps_both_ends() -> None:
+    """A message over the size limit keeps its start and its last line, which names the error."""
+    from dtc_otel._logs import redact_event
+
+    traceback_text = "Traceback (most recent call last):\n" + "  frame line\n" * 400 + "OperationalError: database missing"
+    event = redact_event(None, "error", {"event": traceback_text, "payload": "x" * 5000})
+
+    assert event["event"].startswith("Traceback (most recent call last):")
+    assert event["event"].endswith("OperationalError: database missing")
+    assert "characters cut" in event["event"]
+    assert len(event["event"]) < 2200
+    assert event["payload"].endswith("(5000 characters)")

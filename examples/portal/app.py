@@ -95,11 +95,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="start the portal, send a short scripted series of requests, print a summary to stderr and exit",
     )
+    parser.add_argument(
+        "--reset",
+        action="store_true",
+        help="put the seed quotes back to pending and delete their invoices and payments before serving",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    app.state.reset_seed_data = args.reset
     if not args.demo:
         # uvicorn.run stops on SIGINT or SIGTERM and runs the lifespan shutdown first.
         uvicorn.run(app, host=args.host, port=args.port)

@@ -106,11 +106,24 @@ def redact_event(logger: Any, method_name: str, event_dict: MutableMapping[str, 
             continue
         if isinstance(value, str):
             masked = redactor.redact_text(value)
-            event_dict[key] = masked if len(masked) <= limit or key == "exception" else summarize(masked)
+            if len(masked) <= limit or key == "exception":
+                event_dict[key] = masked
+            elif key == "event":
+                event_dict[key] = _head_and_tail(masked, limit)
+            else:
+                event_dict[key] = summarize(masked)
         elif isinstance(value, (dict, list, tuple, set, bytes, bytearray)):
             event_dict[key] = summarize_if_large(redactor.redact(value), limit)
 
     return event_dict
+
+
+def _head_and_tail(message: str, limit: int) -> str:
+    # A long message is often a traceback passed as text (uvicorn logs a
+    # failed startup that way), and its last line names the error, so both
+    # ends are kept rather than only the start.
+    half = max(limit // 2, 1)
+    return f"{message[:half]}\n... ({len(message) - 2 * half} of {len(message)} characters cut) ...\n{message[-half:]}"
 
 
 # uvicorn's access line: 127.0.0.1:5000 - "GET /path?q=1 HTTP/1.1" 200
