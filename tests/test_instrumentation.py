@@ -118,3 +118,34 @@ def test_console_exporter_prints_spans(launch) -> None:
     app.process.wait(30)
 
     app.wait_for_line('"name": "console-check"')
+
+
+def test_server_headers_captured_when_configured(launch, receiver) -> None:
+    """The upstream OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_* settings add header attributes."""
+    port = _start(
+        launch,
+        OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST="x-tenant,x-api-token",
+        OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE="content-type",
+        OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS="x-api-token",
+    )
+
+    httpx.get(f"http://127.0.0.1:{port}/pong", headers={"X-Tenant": "acme", "X-Api-Token": "t0ken-value", "X-Other": "1"})
+
+    def tagged(spans: list) -> list:
+        return [span for span in spans if "http.request.header.x_tenant" in span.attributes]
+
+    [server] = tagged(receiver.wait_for(lambda spans: bool(tagged(spans))))
+    assert server.attributes["http.request.header.x_tenant"] == ["acme"]
+    assert server.attributes["http.request.header.x_api_token"] == ["[REDACTED]"]
+    assert server.attributes["http.response.header.content_type"] == ["application/json"]
+    assert not any("x_other" in key for key in server.attributes)
+
+
+def test_server_headers_not_captured_by_default(launch, receiver) -> None:
+    """Without the capture settings, no header attribute is added."""
+    port = _start(launch)
+
+    httpx.get(f"http://127.0.0.1:{port}/pong", headers={"X-Tenant": "acme"})
+
+    spans = receiver.wait_for(lambda spans: len(spans) >= 2)
+    assert not any(key.startswith("http.request.header.") for span in spans for key in span.attributes)

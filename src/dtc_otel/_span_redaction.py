@@ -62,6 +62,10 @@ def _attributes(redactor: Redactor, attributes: Any) -> tuple[Any, bool]:
                 _seen[(key, value)] = masked
         elif type(value) in (int, float, bool):
             masked = "[REDACTED]" if redactor.is_sensitive_key(key) else value
+        elif isinstance(value, (list, tuple)) and redactor.is_sensitive_key(key):
+            # A sequence stays a sequence of strings, as OTLP typed it: a
+            # captured header's values, one mask each.
+            masked = tuple("[REDACTED]" for _ in value)
         else:
             masked = redactor.redact(value, key)
         if masked is not value and masked != value:

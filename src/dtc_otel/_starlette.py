@@ -23,6 +23,15 @@ from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.util.http import (
+    OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS,
+    OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST,
+    OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE,
+    get_custom_header_attributes,
+    get_custom_headers,
+    normalise_request_header_name,
+    normalise_response_header_name,
+)
 
 from dtc_otel._config import Settings
 from dtc_otel._entities import bind_for_request, reset_request_entities
@@ -75,6 +84,11 @@ class ServerSpanMiddleware:
         self._untrusted_paths = settings.untrusted_paths
         self._baggage_keys = settings.baggage_keys
         self._freeze_pending = settings.gc_freeze
+        # The upstream ASGI instrumentation's header capture settings, read
+        # with its own helpers so that names, patterns and masking match.
+        self._capture_request = get_custom_headers(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST)
+        self._capture_response = get_custom_headers(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE)
+        self._sensitive_headers = get_custom_headers(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or SCOPE_SPAN_KEY in scope:
@@ -99,6 +113,8 @@ class ServerSpanMiddleware:
             nonlocal status_code
             if message["type"] == "http.response.start":
                 status_code = message["status"]
+                if self._capture_response:
+                    self._capture_headers(span, message.get("headers", ()))
                 if response_headers:
                     message["headers"] = _add_headers(message.get("headers", ()), response_headers)
             await send(message)
@@ -139,6 +155,16 @@ class ServerSpanMiddleware:
             headers.append((self._response_header, trace_id))
 
         return headers
+
+    def _capture_headers(self, span: trace.Span, headers: Any) -> None:
+        try:
+            captured = get_custom_header_attributes(
+                _header_lists(headers), self._capture_response, self._sensitive_headers, normalise_response_header_name
+            )
+            if captured:
+                span.set_attributes(captured)
+        except Exception:  # noqa: BLE001 - a capture failure must not fail the response
+            log_once_per_interval(_logger, "could not capture response headers", exc_info=True)
 
     def _untrusted(self, path: str) -> bool:
         return any(prefix == "*" or path.startswith(prefix) for prefix in self._untrusted_paths)
@@ -184,6 +210,16 @@ class ServerSpanMiddleware:
             attributes["client.address"] = client[0]
         if user_agent:
             attributes["user_agent.original"] = user_agent
+
+        if self._capture_request:
+            attributes.update(
+                get_custom_header_attributes(
+                    _header_lists(scope["headers"]),
+                    self._capture_request,
+                    self._sensitive_headers,
+                    normalise_request_header_name,
+                )
+            )
 
         parent = propagate.extract(carrier) if carrier else None
         links = None
@@ -273,6 +309,15 @@ def _reset(tokens: _Tokens) -> None:
     if tokens.request_id is not None:
         request_id_var.reset(tokens.request_id)
     context.detach(tokens.context)
+
+
+def _header_lists(raw: Any) -> dict[str, list[str]]:
+    """Group ASGI headers by lowercase name: a repeated header keeps every value."""
+    headers: dict[str, list[str]] = {}
+    for key, value in raw:
+        headers.setdefault(key.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+
+    return headers
 
 
 def _add_headers(existing: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
