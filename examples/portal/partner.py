@@ -14,7 +14,11 @@ Run it by hand with: python partner.py --port 9100
 """
 
 import argparse
+import os
 import secrets
+import signal
+import sys
+import threading
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -103,8 +107,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Run the fake partner API.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, required=True, help="TCP port to listen on")
+    parser.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop when standard input reaches its end, which happens when the process that started this one exits",
+    )
     args = parser.parse_args()
+    if args.exit_with_parent:
+        threading.Thread(target=_stop_at_end_of_input, name="parent-watch", daemon=True).start()
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+def _stop_at_end_of_input() -> None:
+    # The parent holds the write end of our stdin. When it exits, even by
+    # SIGKILL, the pipe closes and this read returns; SIGTERM lets uvicorn
+    # shut down as usual.
+    sys.stdin.buffer.read()
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -71,10 +71,12 @@ async def run_partner(startup_timeout: float = 15.0) -> AsyncIterator[str]:
     env = dict(os.environ, OTEL_SDK_DISABLED="true")
     # A new session keeps Ctrl-C in the terminal from reaching the partner directly, so the
     # portal can finish in-flight partner calls before it stops the partner itself.
+    # The partner reads its stdin until the pipe closes, so it also stops when
+    # the portal is killed without a chance to stop it.
     process = subprocess.Popen(
-        [sys.executable, str(PARTNER_SCRIPT), "--host", PARTNER_HOST, "--port", str(port)],
+        [sys.executable, str(PARTNER_SCRIPT), "--host", PARTNER_HOST, "--port", str(port), "--exit-with-parent"],
         env=env,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
         start_new_session=True,
     )
     log.info("partner API starting", pid=process.pid, port=port)
