@@ -119,7 +119,7 @@ def main() -> None:
 
 
 def _stop_at_end_of_input() -> None:
-    # The parent holds the write end of our stdin. When it exits, even by
+    # The parent keeps the write end of our stdin open. When it exits, even by
     # SIGKILL, the pipe closes and this read returns; SIGTERM lets uvicorn
     # shut down as usual.
     sys.stdin.buffer.read()
