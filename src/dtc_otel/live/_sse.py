@@ -111,7 +111,11 @@ def _error(status: int, detail: str) -> JSONResponse:
 def _parse_topics(request: Request, max_topics: int) -> list[str] | JSONResponse:
     raw = request.query_params.getlist("topic")
     if not raw:
-        return _error(400, "missing topic: pass ?topic=quote:44, repeated for more topics, or ?topic=* for every event")
+        return _error(
+            400,
+            "missing topic: pass ?topic=quote:44, repeated for more topics, "
+            "or ?topic=* for every event where the server allows it",
+        )
     if len(raw) > max_topics:
         return _error(400, f"too many topics: {len(raw)} given, at most {max_topics} per stream")
     for topic in raw:
