@@ -892,6 +892,8 @@ def test_tail_without_database_fails() -> None:
 
     assert result.returncode == 2
     assert "DTC_OTEL_LISTEN_DATABASE_URL" in result.stderr
+    assert "--database-url" in result.stderr
+    assert "Broadcaster(" not in result.stderr
 
 
 def test_id_window_tells_repeats_within_its_span() -> None:

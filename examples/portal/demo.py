@@ -258,7 +258,8 @@ def print_summary(base_url: str, outcomes: list[Outcome], timed_out: bool, app) 
 def print_live_page_hint(base_url: str, app, out) -> None:
     """Print where the live quote page is, which the demo itself only reads as JSON."""
     print(
-        "\nLive quote page (start the portal without --demo, with --port for these URLs):\n"
+        "\nLive quote page (start the portal without --demo, with --port for these URLs; the demo\n"
+        "left quotes 42 and 44 paid, so add --reset to watch them change again):\n"
         f"  {base_url}/quotes/44/live?customer_id=7   as customer 7\n"
         f"  {base_url}/quotes/44/live?support=1       as support staff\n"
         "  customer_id and support=1 in the URL stand in for a login.",

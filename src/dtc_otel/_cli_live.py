@@ -41,13 +41,22 @@ def _cmd_tail(options: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="dtc-otel tail: %(message)s")
 
     from dtc_otel.live._broadcaster import Broadcaster, check_topics
+    from dtc_otel.live._settings import DATABASE_URL_ENV, LISTEN_URL_ENV
 
     try:
         check_topics(options.topic)
-        broadcaster = Broadcaster(options.database_url, database_url=options.database_url, schema=options.schema)
-        broadcaster.database_urls()
     except ValueError as exc:
         print(f"dtc-otel tail: {exc}", file=sys.stderr)
+        return 2
+    broadcaster = Broadcaster(options.database_url, database_url=options.database_url, schema=options.schema)
+    try:
+        broadcaster.database_urls()
+    except ValueError:
+        print(
+            f"dtc-otel tail: no database: pass --database-url postgresql://..., or set {LISTEN_URL_ENV} "
+            f"or {DATABASE_URL_ENV}",
+            file=sys.stderr,
+        )
         return 2
 
     try:
