@@ -70,6 +70,8 @@ INVALID = [
     ("DTC_OTEL_REDACT_PATTERNS", "(unclosed", "Python regular expressions"),
     ("DTC_OTEL_LOG_VALUE_MAX_BYTES", "big", "positive whole number of bytes"),
     ("DTC_OTEL_AUDIT_SCHEMA", "Bad-Name", "lowercase SQL identifier"),
+    ("DTC_OTEL_AUDIT_CONNECTIONS", "17", "connections from 1 to 16"),
+    ("DTC_OTEL_AUDIT_CONNECTIONS", "0", "connections from 1 to 16"),
 ]
 
 
@@ -174,3 +176,9 @@ def test_wrapper_reports_unknown_command() -> None:
 def test_default_service_name_from_command(argv: list[str], expected: str) -> None:
     """A generic module or file name falls back to its folder."""
     assert default_service_name(argv, cwd="/srv/project") == expected
+
+
+def test_audit_connections_setting() -> None:
+    """DTC_OTEL_AUDIT_CONNECTIONS sets the writer's connection count; two when unset."""
+    assert load_settings({}).audit_connections == 2
+    assert load_settings({"DTC_OTEL_AUDIT_CONNECTIONS": " 1 "}).audit_connections == 1

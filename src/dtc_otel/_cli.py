@@ -114,6 +114,7 @@ def _cmd_config(_: argparse.Namespace) -> int:
         ("never propagate to", ", ".join(settings.no_propagate_hosts) or "none"),
         ("partners", ", ".join(f"{name}={pattern}" for name, pattern in settings.partners) or "none"),
         ("baggage keys", ", ".join(sorted(settings.baggage_keys)) or "none"),
+        ("audit trail", f"{settings.audit}, schema {settings.audit_schema}, writer connections {settings.audit_connections}"),
         ("database", repr(settings).split("database_url=", 1)[1].rstrip(")")),
     ]
     width = max(len(name) for name, _ in rows)

@@ -46,6 +46,7 @@ DTC_OTEL_GC_FREEZE = "DTC_OTEL_GC_FREEZE"
 DTC_OTEL_AUDIT = "DTC_OTEL_AUDIT"
 DTC_OTEL_AUDIT_SCHEMA = "DTC_OTEL_AUDIT_SCHEMA"
 DTC_OTEL_AUDIT_SPOOL_DIR = "DTC_OTEL_AUDIT_SPOOL_DIR"
+DTC_OTEL_AUDIT_CONNECTIONS = "DTC_OTEL_AUDIT_CONNECTIONS"
 
 _DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 _DEFAULT_EXPORT_WARNING_INTERVAL = 60.0
@@ -121,6 +122,7 @@ class Settings:
     audit: bool = True
     audit_schema: str = "dtc_audit"
     audit_spool_dir: str | None = None
+    audit_connections: int = 2
 
     def __repr__(self) -> str:
         # The database URL may carry a password; never print it.
@@ -179,11 +181,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         partners=_partners(env),
         baggage_keys=_entity_keys(env),
-        log_value_max_bytes=_positive_int(env, DTC_OTEL_LOG_VALUE_MAX_BYTES, 2048),
+        log_value_max_bytes=_positive_int(env, DTC_OTEL_LOG_VALUE_MAX_BYTES, 2048, "of bytes, such as 2048"),
         gc_freeze=_bool(env, DTC_OTEL_GC_FREEZE, True),
         audit=_bool(env, DTC_OTEL_AUDIT, True),
         audit_schema=_schema_name(env),
         audit_spool_dir=(env.get(DTC_OTEL_AUDIT_SPOOL_DIR) or "").strip() or None,
+        audit_connections=_positive_int(env, DTC_OTEL_AUDIT_CONNECTIONS, 2, "of connections from 1 to 16, such as 2", 16),
     )
 
 
@@ -461,14 +464,15 @@ def _schema_name(env: Mapping[str, str]) -> str:
     return raw.strip()
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+def _positive_int(env: Mapping[str, str], name: str, default: int, unit: str, maximum: int | None = None) -> int:
     raw = env.get(name)
     if raw is None or not raw.strip():
         return default
-    if not raw.strip().isdigit() or int(raw) <= 0:
-        raise _invalid(name, raw, "a positive whole number of bytes, such as 2048")
+    value = raw.strip()
+    if not value.isdigit() or int(value) <= 0 or (maximum is not None and int(value) > maximum):
+        raise _invalid(name, raw, f"a positive whole number {unit}")
 
-    return int(raw)
+    return int(value)
 
 
 def _check_redaction(env: Mapping[str, str]) -> None:

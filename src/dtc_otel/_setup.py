@@ -135,6 +135,7 @@ def _configure_audit(settings: Settings) -> None:
         settings.database_url or "",
         settings.audit_schema,
         settings.audit_spool_dir or default_spool_dir(settings.audit_schema),
+        connections=settings.audit_connections,
     )
 
 

@@ -34,7 +34,12 @@ def configure(database_url: str, *, schema: str | None = None, migrate: bool = T
     previous = audit_state.writer
     audit_state.database_url = database_url
     audit_state.schema = schema
-    audit_state.writer = AuditWriter(database_url, schema, spool_dir or settings.audit_spool_dir or default_spool_dir(schema))
+    audit_state.writer = AuditWriter(
+        database_url,
+        schema,
+        spool_dir or settings.audit_spool_dir or default_spool_dir(schema),
+        connections=settings.audit_connections,
+    )
     if previous is not None:
         previous.shutdown(2.0)
 
