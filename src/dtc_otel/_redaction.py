@@ -89,14 +89,14 @@ _PHONE = re.compile(r"(?<![\w+])\+?\d(?:[\s().-]?\d){8,14}(?!\w)")
 
 # Values shorter than this are returned unscanned: no rule matches them.
 _MIN_SCAN_LENGTH = 8
-# Every trigger above, plus digits for card numbers, in one search: most
-# ordinary values contain none and skip the rules entirely.
-_ANY_TRIGGER = re.compile(
-    r"PRIVATE KEY|earer|asic\s|eyJ|[=:@]|_live_|_test_|whsec_|A[KSGIRNP][IPDONV]A|gh[pousr]_|github_pat_|xox|AIza|\d{4}"
-)
-# The same without the digits: IDs such as UUIDs often contain four digits in
-# a row but no other trigger, and then only the card number check applies.
-_RULE_TRIGGER = re.compile(r"PRIVATE KEY|earer|asic\s|eyJ|[=:@]|_live_|_test_|whsec_|A[KSGIRNP][IPDONV]A|gh[pousr]_|github_pat_|xox|AIza")
+# The triggers of the rules above as one pattern.
+_RULE_TRIGGERS = r"PRIVATE KEY|earer|asic\s|eyJ|[=:@]|_live_|_test_|whsec_|A[KSGIRNP][IPDONV]A|gh[pousr]_|github_pat_|xox|AIza"
+# Every trigger, plus digits for card numbers, in one search: most ordinary
+# values contain none and skip the rules entirely.
+_ANY_TRIGGER = re.compile(_RULE_TRIGGERS + r"|\d{4}")
+# Without the digits: IDs such as UUIDs often contain four digits in a row
+# but no other trigger, and then only the card number check applies.
+_RULE_TRIGGER = re.compile(_RULE_TRIGGERS)
 
 
 def _keep_prefix(match: re.Match[str]) -> str:
