@@ -179,6 +179,6 @@ def test_default_service_name_from_command(argv: list[str], expected: str) -> No
 
 
 def test_audit_connections_setting() -> None:
-    """DTC_OTEL_AUDIT_CONNECTIONS sets the writer's connection count; two when unset."""
+    """DTC_OTEL_AUDIT_CONNECTIONS sets the writer's connection count, and unset means two."""
     assert load_settings({}).audit_connections == 2
     assert load_settings({"DTC_OTEL_AUDIT_CONNECTIONS": " 1 "}).audit_connections == 1

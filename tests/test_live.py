@@ -896,7 +896,7 @@ def test_tail_without_database_fails() -> None:
     assert "Broadcaster(" not in result.stderr
 
 
-def test_id_window_tells_repeats_within_its_span() -> None:
+def test_id_window_drops_repeats_within_span() -> None:
     """IdWindow drops a repeated ID within its span, in any order, and counts older IDs as new."""
     from dtc_otel.live._events import IdWindow
 

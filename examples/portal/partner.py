@@ -120,8 +120,8 @@ def main() -> None:
 
 def _stop_at_end_of_input() -> None:
     # The parent keeps the write end of our stdin open. When it exits, even by
-    # SIGKILL, the pipe closes and this read returns; SIGTERM lets uvicorn
-    # shut down as usual.
+    # SIGKILL, the pipe closes and this read returns. SIGTERM then lets
+    # uvicorn shut down as usual.
     sys.stdin.buffer.read()
     os.kill(os.getpid(), signal.SIGTERM)
 

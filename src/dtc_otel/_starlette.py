@@ -164,7 +164,7 @@ class ServerSpanMiddleware:
             if captured:
                 span.set_attributes(captured)
         except Exception:  # noqa: BLE001 - a capture failure must not fail the response
-            log_once_per_interval(_logger, "could not capture response headers", exc_info=True)
+            log_once_per_interval(_logger, "response header capture failed", exc_info=True)
 
     def _untrusted(self, path: str) -> bool:
         return any(prefix == "*" or path.startswith(prefix) for prefix in self._untrusted_paths)

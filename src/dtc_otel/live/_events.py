@@ -195,7 +195,7 @@ class IdWindow:
         top = self._top
         if top is None or audit_id > top:
             shift = self._span if top is None else audit_id - top
-            # A shift of span or more leaves nothing of the old window; the
+            # A shift of span or more leaves nothing of the old window. The
             # guard also keeps a far jump from building a huge integer.
             self._bits = 1 if shift >= self._span else ((self._bits << shift) | 1) & self._mask
             self._top = audit_id

@@ -45,19 +45,19 @@ Authorize = Callable[[Request, list[str]], Union[bool, Awaitable[bool]]]
 BroadcasterSource = Union[Broadcaster, Callable[[], Broadcaster], None]
 
 _MAX_TOPIC_LENGTH = 200
-# One write to the client carries at most this much: a stream that wakes
-# with many events queued sends them together, since each write costs a
-# task switch, the ASGI layers and a system call whatever its size.
+# The most one write to a client carries. A stream that wakes with many
+# events queued sends them together, because each write costs a task
+# switch, the ASGI layers and a system call whatever its size.
 _MAX_CHUNK_BYTES = 64 * 1024
 # Encoded events kept for the streams still sending them. Followers take an
 # event within a fraction of a second, so the newest few hundred are enough.
 _FRAME_CACHE_SIZE = 512
-# How far below its newest event ID a stream still distinguishes a repeated
-# event from a new one, in IDs. A refill re-reads the broadcaster's reread_span
-# below the last delivered event, so the window spans at least four times
-# that. Each stream keeps one bit per ID: 512 bytes for 4,096 IDs. (A set
-# of recent IDs cost about 100 bytes per ID and grew until it was full:
-# 2 GiB for 1,000 streams at 20,000 IDs each, in benchmarks/live_latency.py.)
+# How far below its newest event ID, in IDs, a stream still distinguishes a
+# repeated event from a new one. A refill re-reads the broadcaster's
+# reread_span below the last delivered event, so the window spans at least
+# four times that. Each stream keeps one bit per ID: 512 bytes for 4,096 IDs.
+# A set of recent IDs cost about 100 bytes per ID and grew until it was full,
+# 2 GiB for 1,000 streams at 20,000 IDs each (benchmarks/live_latency.py).
 _MIN_SENT_SPAN = 4_096
 
 

@@ -118,8 +118,8 @@ class Subscription:
     def wait(self) -> asyncio.Future[None]:
         """Return a future that completes when an item is waiting or the subscription is closed.
 
-        For a reader that takes items with :meth:`get_nowait` and awaits this
-        only when the queue is empty; it costs less per event than :meth:`get`.
+        It serves a reader that takes items with :meth:`get_nowait` and awaits
+        this only when the queue is empty, which costs less per event than :meth:`get`.
         """
         if self._waiter is None or self._waiter.done():
             self._waiter = asyncio.get_running_loop().create_future()
