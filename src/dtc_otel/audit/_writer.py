@@ -304,10 +304,10 @@ class AuditWriter:
                     for _ in range(min(self._batch_size, len(lane.queue))):
                         batch.append(lane.queue.popleft())
                     # A replay counts as work too, so flush() waits for it.
-                    lane.busy = bool(batch) or (first and self._replay_due)
+                    lane.busy = bool(batch) or self._replay_wanted(first)
 
             try:
-                if first and self._replay_due:
+                if self._replay_wanted(first):
                     self._replay_spool(lane)
                 if batch:
                     self._write(lane, batch)
@@ -339,6 +339,11 @@ class AuditWriter:
                     if not batch:
                         lane.busy = False
                     lane.cond.notify_all()
+
+    def _replay_wanted(self, first: bool) -> bool:
+        # Only the first lane replays, and not while stopping: the spool files
+        # are then left for the next writer, which may be replaying them already.
+        return first and self._replay_due and not self._stopping
 
     def _connection(self, lane: _Lane) -> psycopg.Connection[Any]:
         if lane.conn is None or lane.conn.closed:
@@ -439,8 +444,10 @@ class AuditWriter:
                 for start in range(0, len(events), self._batch_size):
                     self._write(lane, events[start : start + self._batch_size])
             except Exception:
-                # Put the file back so the next attempt finds it.
-                path.rename(path.with_name(path.name.replace(f"replay-{os.getpid()}-", "spool-", 1)))
+                # Put the file back so the next attempt finds it, under a new
+                # name: the old one may be the spool file again by now, and a
+                # rename onto it would replace the events spooled meanwhile.
+                path.rename(path.with_name(f"spool-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"))
                 self._replay_due = True
                 raise
             self._count("replayed", len(events))
