@@ -234,7 +234,7 @@ class AuditWriter:
         for lane in self._lanes:
             with lane.cond:
                 lane.cond.notify_all()
-                # The first lane replays the spool; a replay it has yet to start counts as pending work.
+                # The first lane replays the spool, and a replay it has yet to start counts as pending work.
                 while lane.queue or lane.busy or (lane.index == 0 and lane.thread is not None and self._replay_due):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -304,10 +304,10 @@ class AuditWriter:
                     for _ in range(min(self._batch_size, len(lane.queue))):
                         batch.append(lane.queue.popleft())
                     # A replay counts as work too, so flush() waits for it.
-                    lane.busy = bool(batch) or self._replay_wanted(first)
+                    lane.busy = bool(batch) or self._should_replay(first)
 
             try:
-                if self._replay_wanted(first):
+                if self._should_replay(first):
                     self._replay_spool(lane)
                 if batch:
                     self._write(lane, batch)
@@ -340,7 +340,7 @@ class AuditWriter:
                         lane.busy = False
                     lane.cond.notify_all()
 
-    def _replay_wanted(self, first: bool) -> bool:
+    def _should_replay(self, first: bool) -> bool:
         # Only the first lane replays, and not while stopping: the spool files
         # are then left for the next writer, which may be replaying them already.
         return first and self._replay_due and not self._stopping
