@@ -14,6 +14,7 @@ from typing import Any
 
 from psycopg import sql
 
+from dtc_otel._json import dumps
 from dtc_otel._redaction import default_redactor
 from dtc_otel.audit._events import NOTIFY_CHANNEL, AuditEvent
 
@@ -29,12 +30,8 @@ def _ts(epoch: float | None) -> datetime | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, tz=timezone.utc)
 
 
-# Built once: json.dumps with any option but the defaults builds an encoder per call.
-_encode_json = json.JSONEncoder(default=str, separators=(",", ":")).encode
-
-
 def _json(value: Any) -> str:
-    return _encode_json(value) if value else "{}"
+    return dumps(value) if value else "{}"
 
 
 _WEBHOOK_UPSERT = """
