@@ -153,16 +153,30 @@ def _clean(value: Any, key: str | None = None) -> Any:
 
 def stage_row(seq: int, event: AuditEvent, single: bool = True) -> tuple[Any, ...]:
     """Return the stage columns of *event*; *single* is true when no other event of the batch has its row."""
+    # The writer calls this for every event while its COPY waits, so the
+    # redactor is looked up once and empty values skip it.
+    redact = default_redactor().redact
     d = event.data
-    job = event.table == "job_queue"
+    status = event.status
+    entity_ids = _json(redact(event.entity_ids)) if event.entity_ids else "{}"
+    summary = d.get("summary")
+    summary = _json(redact(summary)) if summary else "{}"
+    head = (
+        seq, event.event_id, event.table, redact(event.row_id), None if status is None else redact(status),
+        redact(event.topic), entity_ids, event.trace_id, _ts(event.occurred_at),
+    )  # fmt: skip
+    if event.table != "job_queue":
+        return (*head, None, None, None, None, None, None, None, None, summary, bool(d.get("row_written")), single)
+
+    last_error = d.get("last_error")
+    payload = d.get("payload")
+    started_at = d.get("started_at")
+    finished_at = d.get("finished_at")
     return (
-        seq, event.event_id, event.table, _clean(event.row_id), _clean(event.status), _clean(event.topic),
-        _json(_clean(event.entity_ids)), event.trace_id, _ts(event.occurred_at),
-        d.get("kind") if job else None, d.get("attempts") if job else None, d.get("max_attempts") if job else None,
-        _clean(d.get("last_error")) if job else None, _json(_clean(d.get("payload"))) if job else None,
-        d.get("transition") if job else None, _ts(d.get("started_at")) if job else None,
-        _ts(d.get("finished_at")) if job else None, _json(_clean(d.get("summary"))), bool(d.get("row_written")),
-        single,
+        *head, d.get("kind"), d.get("attempts"), d.get("max_attempts"),
+        None if last_error is None else redact(last_error), _json(redact(payload)) if payload else "{}",
+        d.get("transition"), None if started_at is None else _ts(started_at),
+        None if finished_at is None else _ts(finished_at), summary, bool(d.get("row_written")), single,
     )  # fmt: skip
 
 
