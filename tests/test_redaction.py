@@ -449,3 +449,12 @@ def test_json_text_for_audit_rows() -> None:
     assert dumps({"n": 2**70}) == '{"n":1180591620717411303424}'
     assert dumps({"ratio": float("nan")}) == '{"ratio":null}'
     assert json.loads(dumps({"text": "line\nbreak \u00e9"})) == {"text": "line\nbreak \u00e9"}
+
+
+def test_google_key_ending_in_dash_masked() -> None:
+    """A Google API key may end in a dash, where no word boundary follows."""
+    redactor = Redactor()
+    key = "AIza" + _random(34, ALNUM + "_-") + "-"
+
+    assert redactor.redact_text(f"key {key} used") == "key [REDACTED] used"
+    assert redactor.redact_text(key) == "[REDACTED]"
