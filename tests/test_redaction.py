@@ -399,7 +399,7 @@ def test_every_aws_key_prefix_masked() -> None:
         assert redactor.redact_text(f"key {key} used") == "key [REDACTED] used", prefix
 
 
-def test_hex_ids_pass_but_card_numbers_inside_them_do_not() -> None:
+def test_hex_ids_skip_scan_cards_masked() -> None:
     """UUIDs and hex IDs skip the rules, yet a card number made of hex digits and dashes is still masked."""
     redactor = Redactor()
     card = _luhn_number("4", 16)
@@ -409,12 +409,12 @@ def test_hex_ids_pass_but_card_numbers_inside_them_do_not() -> None:
     assert redactor.redact_text(card) == "[REDACTED]"
     assert redactor.redact_text(f"{card[:4]}-{card[4:8]}-{card[8:12]}-{card[12:]}") == "[REDACTED]"
     assert redactor.redact_text(f"abc{card}") == "abc[REDACTED]"
-    # A space is no hex separator: the value takes the full scan.
+    # A space is no hex separator, so this value takes the full scan.
     assert redactor.redact_text(f"{card[:4]} {card[4:8]} {card[8:12]} {card[12:]}") == "[REDACTED]"
 
 
-def test_cached_scan_masks_a_repeated_secret_every_time() -> None:
-    """Short values are scanned once and kept; the kept result is the masked one."""
+def test_repeated_secret_masked_from_cache() -> None:
+    """Short values are scanned once and kept, and the kept result is the masked one."""
     redactor = Redactor()
     token = "sk_live_" + _random(24)
 
@@ -424,7 +424,7 @@ def test_cached_scan_masks_a_repeated_secret_every_time() -> None:
     assert redactor.redact(["quote:44", "quote:44"]) == ["quote:44", "quote:44"]
 
 
-def test_text_cache_stays_bounded() -> None:
+def test_text_cache_bounded() -> None:
     from dtc_otel import _redaction
 
     redactor = Redactor()
@@ -434,7 +434,7 @@ def test_text_cache_stays_bounded() -> None:
     assert len(redactor._text_cache) <= _redaction._TEXT_CACHE_SIZE
 
 
-def test_json_text_for_audit_rows() -> None:
+def test_json_dumps_audit_values() -> None:
     """Compact JSON for every value an audit row may hold, with the standard library as fallback."""
     from datetime import datetime, timezone
     from decimal import Decimal
@@ -445,7 +445,7 @@ def test_json_text_for_audit_rows() -> None:
     assert dumps({"quote_id": 44, "amount": Decimal("12.50"), "at": at, 7: "x"}) == (
         '{"quote_id":44,"amount":"12.50","at":"2026-01-02T03:04:05+00:00","7":"x"}'
     )
-    # Wider than 64 bits: orjson refuses it, the standard library writes it.
+    # Wider than 64 bits: orjson rejects it, so the standard library writes it.
     assert dumps({"n": 2**70}) == '{"n":1180591620717411303424}'
     assert dumps({"ratio": float("nan")}) == '{"ratio":null}'
     assert json.loads(dumps({"text": "line\nbreak \u00e9"})) == {"text": "line\nbreak \u00e9"}

@@ -22,7 +22,7 @@ _fallback = json.JSONEncoder(default=str, separators=(",", ":")).encode
 
 
 def dumps(value: Any) -> str:
-    """Return *value* as compact JSON text; anything JSON has no type for is written as ``str(value)``."""
+    """Return *value* as compact JSON text, with values that JSON has no type for written as ``str(value)``."""
     try:
         return orjson.dumps(value, default=str, option=_OPTIONS).decode()
     except TypeError:

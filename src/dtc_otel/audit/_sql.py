@@ -160,13 +160,13 @@ def stage_row(seq: int, event: AuditEvent, single: bool = True) -> tuple[Any, ..
     status = event.status
     entity_ids = _json(redact(event.entity_ids)) if event.entity_ids else "{}"
     summary = d.get("summary")
-    summary = _json(redact(summary)) if summary else "{}"
+    summary_json = _json(redact(summary)) if summary else "{}"
     head = (
         seq, event.event_id, event.table, redact(event.row_id), None if status is None else redact(status),
         redact(event.topic), entity_ids, event.trace_id, _ts(event.occurred_at),
     )  # fmt: skip
     if event.table != "job_queue":
-        return (*head, None, None, None, None, None, None, None, None, summary, bool(d.get("row_written")), single)
+        return (*head, None, None, None, None, None, None, None, None, summary_json, bool(d.get("row_written")), single)
 
     last_error = d.get("last_error")
     payload = d.get("payload")
@@ -176,7 +176,7 @@ def stage_row(seq: int, event: AuditEvent, single: bool = True) -> tuple[Any, ..
         *head, d.get("kind"), d.get("attempts"), d.get("max_attempts"),
         None if last_error is None else redact(last_error), _json(redact(payload)) if payload else "{}",
         d.get("transition"), None if started_at is None else _ts(started_at),
-        None if finished_at is None else _ts(finished_at), summary, bool(d.get("row_written")), single,
+        None if finished_at is None else _ts(finished_at), summary_json, bool(d.get("row_written")), single,
     )  # fmt: skip
 
 
