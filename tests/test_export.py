@@ -132,18 +132,42 @@ def test_sigterm_with_failing_export_skips_full_wait(launch) -> None:
     assert elapsed < 10, f"exit took {elapsed:.1f} s with a 30 s budget"
 
 
-def test_export_session_reads_environment_once(monkeypatch, tmp_path) -> None:
-    """The exporter's session skips requests' per-request lookups only when there is nothing to find."""
-    from dtc_otel._export import _REQUESTS_ENVIRONMENT, _export_session
+def test_export_transport_choice(monkeypatch, tmp_path) -> None:
+    """urllib3 carries the export, except where a proxy, CA bundle or netrc setting needs requests."""
+    from opentelemetry.exporter.http.transport._requests import RequestsHTTPTransport
+    from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
+
+    from dtc_otel._export import _REQUESTS_ENVIRONMENT, _export_transport
 
     monkeypatch.setenv("HOME", str(tmp_path))
     for name in _REQUESTS_ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
-    assert _export_session().trust_env is False
+    assert type(_export_transport({})) is Urllib3HTTPTransport
 
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
-    assert _export_session().trust_env is True
+    transport = _export_transport({})
+    assert type(transport) is RequestsHTTPTransport
+    assert transport._session.trust_env is True
 
     monkeypatch.delenv("HTTPS_PROXY")
     (tmp_path / ".netrc").write_text("machine collector login user password fake\n")
-    assert _export_session().trust_env is True
+    assert type(_export_transport({})) is RequestsHTTPTransport
+
+
+def test_export_transport_keeps_certificate_settings(monkeypatch, tmp_path) -> None:
+    """The CA file and client certificate settings reach the transport as upstream resolves them."""
+    from dtc_otel._export import _REQUESTS_ENVIRONMENT, _tls_options
+
+    for name in (*_REQUESTS_ENVIRONMENT, "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    assert _tls_options({}) == (True, None)
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", str(tmp_path / "client.pem"))
+    assert _tls_options({}) == (str(tmp_path / "ca.pem"), str(tmp_path / "client.pem"))
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_KEY", str(tmp_path / "client.key"))
+    assert _tls_options({"certificate_file": "given.pem"}) == (
+        "given.pem",
+        (str(tmp_path / "client.pem"), str(tmp_path / "client.key")),
+    )

@@ -720,7 +720,7 @@ def test_disconnect_releases_subscription(live_server) -> None:
         wait_until(lambda: subscribers(base) == 1, "the stream subscribed")
 
     wait_until(lambda: subscribers(base) == 0, "the subscription was released", timeout=5)
-    app.wait_for_line('"reason": "client_disconnected"', timeout=5)
+    app.wait_for_line('"reason":"client_disconnected"', timeout=5)
 
 
 def test_stream_ends_after_max_duration(live_server) -> None:
@@ -733,7 +733,7 @@ def test_stream_ends_after_max_duration(live_server) -> None:
 
     assert time.monotonic() - started < 5
     assert b"retry: 2000" in body
-    app.wait_for_line('"reason": "max_stream_seconds"', timeout=5)
+    app.wait_for_line('"reason":"max_stream_seconds"', timeout=5)
     assert subscribers(base) == 0
 
 
@@ -755,7 +755,7 @@ def test_stalled_client_dropped_after_send_timeout(live_server, live_db: str) ->
                 if index % 500 == 499:
                     conn.commit()
 
-        app.wait_for_line('"reason": "send_timeout"', timeout=30)
+        app.wait_for_line('"reason":"send_timeout"', timeout=30)
         wait_until(lambda: subscribers(base) == 0, "the subscription was released", timeout=5)
     finally:
         client.close()
@@ -775,7 +775,7 @@ def test_sigterm_with_open_stream_exits(live_server) -> None:
     # uvicorn re-raises the signal after its graceful shutdown.
     assert code in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in app.output()
-    assert '"reason": "server_shutdown"' in app.output()
+    assert '"reason":"server_shutdown"' in app.output()
     assert ended.wait(5)
 
 

@@ -58,3 +58,24 @@ def test_encoding_repeats_with_cache() -> None:
 def test_empty_batch() -> None:
     """No spans encode to an empty request."""
     assert encode_spans_to_bytes([]) == b""
+
+
+def test_dropped_counts_match_sdk_encoder() -> None:
+    """Spans over the attribute, event and link limits carry the same dropped counts as the SDK's encoding."""
+    from opentelemetry.sdk.trace import SpanLimits
+
+    exporter = InMemorySpanExporter()
+    limits = SpanLimits(max_span_attributes=1, max_events=0, max_links=0)
+    provider = TracerProvider(span_limits=limits)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    remote = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, is_remote=True)
+    with provider.get_tracer("limits").start_as_current_span("over", attributes={"a": 1, "b": 2}, links=[Link(remote)]) as span:
+        span.add_event("dropped")
+        span.set_attribute("port", 8080)
+    spans = exporter.get_finished_spans()
+    ours = ExportTraceServiceRequest()
+    ours.ParseFromString(encode_spans_to_bytes(spans))
+
+    assert ours == encode_spans(spans)
+    decoded = ours.resource_spans[0].scope_spans[0].spans[0]
+    assert (decoded.dropped_attributes_count, decoded.dropped_events_count, decoded.dropped_links_count) == (2, 1, 1)

@@ -34,10 +34,6 @@ class DtcDistro(BaseDistro):  # type: ignore[misc]
         # default. The stable names match the server spans of _starlette.py,
         # so one query works for both sides of a call.
         os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
-        # Smaller export batches: encoding a batch holds the GIL, and 512
-        # spans (the SDK default) held it long enough to show in request p99
-        # (docs/benchmarks.md).
-        os.environ.setdefault("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "128")
 
     def load_instrumentor(self, entry_point: Any, **kwargs: Any) -> None:
         settings = _setup.current_settings()

@@ -94,6 +94,11 @@ class GuardedExporter(SpanExporter):
             return False
 
     @property
+    def accepts_encoded_spans(self) -> bool:
+        """Whether the inner exporter takes spans that ``EncodingSpanProcessor`` encoded."""
+        return bool(getattr(self._exporter, "accepts_encoded_spans", False))
+
+    @property
     def failing(self) -> bool:
         """Whether the last export failed, or the collector does not accept connections now."""
         if self._failures > 0:
@@ -155,27 +160,36 @@ def _fast_http_exporter_class() -> type[SpanExporter]:
     """Return the OTLP/HTTP exporter class that serialises with the direct encoder."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HTTPExporter
 
-    from dtc_otel._otlp_encoder import encode_spans_to_bytes
+    from dtc_otel._otlp_encoder import EncodedSpan, encode_spans_to_bytes
 
     class FastOTLPSpanExporter(HTTPExporter):  # type: ignore[misc]
         """Upstream's OTLP/HTTP exporter (endpoint, headers, gzip, retries) with a faster encoder."""
 
         def __init__(self, *args: Any, session: Any = None, **options: Any) -> None:
-            super().__init__(*args, session=session or _export_session(), **options)
+            if session is None and "_transport" not in options:
+                options["_transport"] = _export_transport(options)
+            super().__init__(*args, session=session, **options)
 
-        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-            client = getattr(self, "_client", None)
+        @property
+        def accepts_encoded_spans(self) -> bool:
+            """Whether :meth:`export` takes spans already encoded by ``encode_span``."""
             # NOTE: relies on the pinned exporter release's private _client;
-            # without it the upstream encoder is used.
-            if client is None or self._shutdown:
+            # without it the upstream encoder is used and spans stay objects.
+            return getattr(self, "_client", None) is not None
+
+        def export(self, spans: Sequence[Any]) -> SpanExportResult:
+            if not self.accepts_encoded_spans or self._shutdown:
                 return super().export(spans)
             try:
                 body = encode_spans_to_bytes(spans)
             except Exception:  # noqa: BLE001 - fall back to the upstream encoder
+                if any(isinstance(span, EncodedSpan) for span in spans):
+                    log_once_per_interval(_logger, "could not join encoded spans", exc_info=True, spans=len(spans))
+                    return SpanExportResult.FAILURE
                 _logger.debug("direct OTLP encoding failed; using the SDK encoder", exc_info=True)
                 return super().export(spans)
 
-            return SpanExportResult.SUCCESS if client.export(body).success else SpanExportResult.FAILURE
+            return SpanExportResult.SUCCESS if self._client.export(body).success else SpanExportResult.FAILURE
 
     return FastOTLPSpanExporter
 
@@ -188,26 +202,56 @@ _REQUESTS_ENVIRONMENT = (
 )  # fmt: skip
 
 
-def _export_session() -> Any:
-    """Return the exporter's requests session, reading the environment once rather than per export.
-
-    With ``trust_env`` on, requests looks for ``~/.netrc`` and proxy settings
-    on every request: about 1 % of the server's CPU in the HTTP benchmark.
-    When none of those exist at start-up, they are switched off. Otherwise
-    the session keeps requests' default behaviour.
-    """
-    import requests
-
-    session = requests.Session()
+def _uses_requests_environment() -> bool:
+    """Return whether a proxy, CA bundle or netrc setting exists that only requests would apply."""
     try:
         has_netrc = any((Path.home() / name).exists() for name in (".netrc", "_netrc"))
     except (RuntimeError, OSError):
-        # No home folder to look in: keep requests' own lookup.
+        # Without a home folder the lookup cannot be ruled out, so requests keeps it.
         has_netrc = True
-    if not has_netrc and not any(os.environ.get(name) for name in _REQUESTS_ENVIRONMENT):
-        session.trust_env = False
 
-    return session
+    return has_netrc or any(os.environ.get(name) for name in _REQUESTS_ENVIRONMENT)
+
+
+def _tls_options(options: dict[str, Any]) -> tuple[bool | str, str | tuple[str, str] | None]:
+    """Return (verify, cert) from the exporter's arguments and environment, as upstream resolves them."""
+    verify = (
+        options.get("certificate_file")
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
+        or os.environ.get("OTEL_EXPORTER_OTLP_CERTIFICATE")
+        or True
+    )
+    key = (
+        options.get("client_key_file")
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY")
+        or os.environ.get("OTEL_EXPORTER_OTLP_CLIENT_KEY")
+    )
+    cert = (
+        options.get("client_certificate_file")
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE")
+        or os.environ.get("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")
+    )
+
+    return verify, ((cert, key) if cert and key else cert)
+
+
+def _export_transport(options: dict[str, Any]) -> Any:
+    """Return the HTTP transport for span export: upstream's urllib3 one unless the environment needs requests.
+
+    requests costs about twice urllib3's CPU per export request, and with
+    ``trust_env`` on it also looks for ``~/.netrc`` and proxy settings on
+    every request. urllib3 reads none of those, so requests (with its usual
+    behaviour) is kept whenever one of them is set.
+    """
+    from opentelemetry.exporter.http.transport import _RequestsHTTPTransport, _Urllib3HTTPTransport
+
+    verify, cert = _tls_options(options)
+    if _uses_requests_environment():
+        import requests
+
+        return _RequestsHTTPTransport(verify=verify, cert=cert, session=requests.Session())
+
+    return _Urllib3HTTPTransport(verify=verify, cert=cert)
 
 
 def build_exporters(settings: Settings) -> list[GuardedExporter]:

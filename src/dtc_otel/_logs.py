@@ -8,7 +8,6 @@ same fields.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sys
@@ -19,6 +18,7 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 
+from dtc_otel._json import dumps
 from dtc_otel._redaction import MASK, default_redactor
 from dtc_otel._summaries import summarize, summarize_if_large
 
@@ -76,6 +76,13 @@ def add_trace_ids(
     event_dict["span_id"] = entry[2]
 
     return event_dict
+
+
+def remember_ids(span: Any, trace_id: str, span_id: str) -> None:
+    """Keep IDs already formatted for *span*, so its log lines reuse them."""
+    if len(_ids) >= _ID_CACHE_SIZE:
+        _ids.clear()
+    _ids[id(span)] = (span, trace_id, span_id)
 
 
 # Keys the chain itself adds; their values are never secrets and are not scanned.
@@ -187,7 +194,13 @@ def _renderer(log_format: str) -> Any:
     if log_format == "console":
         return structlog.dev.ConsoleRenderer()
 
-    return structlog.processors.JSONRenderer()
+    return structlog.processors.JSONRenderer(serializer=_render_json)
+
+
+def _render_json(event_dict: Any, **options: Any) -> str:
+    # structlog passes its own default= handler; dumps writes what JSON has
+    # no type for as str(value) instead.
+    return dumps(event_dict)
 
 
 def _shared_processors() -> list[Any]:
@@ -237,11 +250,9 @@ class JSONAccessFormatter(logging.Formatter):
             event.setdefault(key, value)
         add_trace_ids(None, "info", event)
 
-        return _encode_access_line(event)
+        return dumps(event)
 
 
-# Built once: json.dumps with default= builds a new encoder on every call.
-_encode_access_line = json.JSONEncoder(default=str).encode
 _chain = _Chain()
 
 

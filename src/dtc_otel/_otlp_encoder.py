@@ -21,7 +21,7 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
-__all__ = ["encode_spans_to_bytes"]
+__all__ = ["EncodedSpan", "encode_span", "encode_spans_to_bytes"]
 
 # Protocol field numbers, from opentelemetry/proto/trace/v1/trace.proto and common.proto.
 _KIND = {
@@ -112,12 +112,44 @@ def _key_value(key: str, value: Any) -> bytes:
 
 # Attribute keys recur on every span; their encoded form is kept.
 _keys: dict[str, bytes] = {}
-# So do most short string values (methods, routes, hosts, user agents): the
-# whole encoded field is kept for those, by field number, key and value.
-# Emptied when full.
-_pairs: dict[tuple[int, str, str], bytes] = {}
+# So do most short string values (methods, routes, hosts, user agents) and
+# integers (ports, status codes): the whole encoded field is kept for those,
+# by field number, key and value. Emptied when full.
+_pairs: dict[tuple[int, str, Any], bytes] = {}
 _PAIRS_LIMIT = 8192
 _PAIR_MAX_VALUE = 256
+
+
+def plain_items(attributes: Any) -> Any:
+    """Return the plain dict behind the SDK's attribute mappings, or *attributes* itself.
+
+    ``ReadableSpan.attributes`` wraps a ``BoundedAttributes`` in a
+    ``MappingProxyType``; iterating that goes through the Mapping ABC, one
+    call per key and value, and the dict underneath contains the same items.
+    """
+    inner = getattr(attributes, "_dict", None)
+    return attributes if inner is None else inner
+
+
+def span_attributes(span: Any) -> Any:
+    """Return the span's attributes as a plain mapping, without the SDK's read-only wrapper."""
+    # NOTE: reads the SDK's private _attributes; other span types fall back
+    # to the public property.
+    raw = getattr(span, "_attributes", None)
+    if raw is None:
+        return span.attributes
+
+    return plain_items(raw)
+
+
+def span_sequence(span: Any, private: str, public: str) -> Any:
+    """Return the span's events or links without the tuple the SDK's property copies them into."""
+    raw = getattr(span, private, None)
+    if raw is None:
+        return getattr(span, public)
+
+    # The SDK's BoundedList keeps its items in a deque.
+    return getattr(raw, "_dq", raw)
 
 
 def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
@@ -125,12 +157,9 @@ def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
         return b""
     tag = _T_LEN[field]
     parts = []
-    # The SDK's BoundedAttributes iterates through the Mapping ABC, which is
-    # slow, and its underlying dict contains the same items.
-    items = getattr(attributes, "_dict", attributes)
-    for key, value in items.items():
+    for key, value in plain_items(attributes).items():
         kind = type(value)
-        if kind is str and len(value) <= _PAIR_MAX_VALUE:
+        if (kind is str and len(value) <= _PAIR_MAX_VALUE) or kind is int:
             cached = _pairs.get((field, key, value))
             if cached is not None:
                 parts.append(cached)
@@ -153,7 +182,7 @@ def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
                 continue
         pair = encoded_key + b"\x12" + _varint(len(any_value)) + any_value
         encoded = tag + _varint(len(pair)) + pair
-        if kind is str and len(value) <= _PAIR_MAX_VALUE:
+        if (kind is str and len(value) <= _PAIR_MAX_VALUE) or kind is int:
             if len(_pairs) >= _PAIRS_LIMIT:
                 _pairs.clear()
             _pairs[(field, key, value)] = encoded
@@ -166,49 +195,74 @@ def _varint_field(field: int, value: int) -> bytes:
     return _T_VARINT[field] + _varint(value) if value else b""
 
 
+# Fixed pieces of every span, encoded once: the ID field prefixes, the kind
+# field by kind, the status field without a description, and the flags field.
+_TRACE_ID_PREFIX = _T_LEN[1] + _varint(16)
+_SPAN_ID_PREFIX = _T_LEN[2] + _varint(8)
+_PARENT_ID_PREFIX = _T_LEN[4] + _varint(8)
+_KIND_FIELDS = {kind: _T_VARINT[6] + _varint(number) for kind, number in _KIND.items()}
+_START_TAG = _T_FIXED64[7]
+_END_TAG = _T_FIXED64[8]
+_FLAGS_LOCAL = _T_FIXED32[16] + _pack_fixed32(_FLAG_HAS_IS_REMOTE)
+_FLAGS_REMOTE_PARENT = _T_FIXED32[16] + _pack_fixed32(_FLAG_HAS_IS_REMOTE | _FLAG_IS_REMOTE)
+
+
+def _status_field(code: int, description: str | None) -> bytes:
+    body = (_string(2, description) if description else b"") + _varint_field(3, code)
+    return _len_field(15, body)
+
+
+_PLAIN_STATUS = {code: _status_field(code, None) for code in range(3)}
+
+
 def _encode_span(span: ReadableSpan) -> bytes:
     context = span.get_span_context()
-    out = [
-        _len_field(1, context.trace_id.to_bytes(16, "big")),
-        _len_field(2, context.span_id.to_bytes(8, "big")),
-    ]
+    out = [_TRACE_ID_PREFIX, context.trace_id.to_bytes(16, "big"), _SPAN_ID_PREFIX, context.span_id.to_bytes(8, "big")]
     if context.trace_state:
         out.append(_string(3, ",".join(f"{k}={v}" for k, v in context.trace_state.items())))
     parent = span.parent
     if parent:
-        out.append(_len_field(4, parent.span_id.to_bytes(8, "big")))
+        out.append(_PARENT_ID_PREFIX)
+        out.append(parent.span_id.to_bytes(8, "big"))
     out.append(_string(5, span.name))
-    out.append(_T_VARINT[6] + _varint(_KIND.get(span.kind, 0)))
+    kind = _KIND_FIELDS.get(span.kind)
+    out.append(kind if kind is not None else _T_VARINT[6] + b"\x00")
     if span.start_time:
-        out.append(_T_FIXED64[7] + _pack_fixed64(span.start_time))
+        out.append(_START_TAG + _pack_fixed64(span.start_time))
     if span.end_time:
-        out.append(_T_FIXED64[8] + _pack_fixed64(span.end_time))
-    out.append(_attributes(9, span.attributes))
-    out.append(_varint_field(10, span.dropped_attributes))
-    for event in span.events:
-        body = [_T_FIXED64[1] + _pack_fixed64(event.timestamp or 0), _string(2, event.name)]
-        body.append(_attributes(3, event.attributes))
-        body.append(_varint_field(4, event.dropped_attributes))
-        out.append(_len_field(11, b"".join(body)))
+        out.append(_END_TAG + _pack_fixed64(span.end_time))
+    out.append(_attributes(9, span_attributes(span)))
+    if span.dropped_attributes:
+        out.append(_varint_field(10, span.dropped_attributes))
+    events = span_sequence(span, "_events", "events")
+    if events:
+        for event in events:
+            body = [_T_FIXED64[1] + _pack_fixed64(event.timestamp or 0), _string(2, event.name)]
+            body.append(_attributes(3, event.attributes))
+            body.append(_varint_field(4, event.dropped_attributes))
+            out.append(_len_field(11, b"".join(body)))
     out.append(_varint_field(12, span.dropped_events))
-    for link in span.links:
-        link_context = link.context
-        body = [
-            _len_field(1, link_context.trace_id.to_bytes(16, "big")),
-            _len_field(2, link_context.span_id.to_bytes(8, "big")),
-            _attributes(4, link.attributes),
-            _varint_field(5, link.dropped_attributes),
-            _T_FIXED32[6] + _pack_fixed32(_FLAG_HAS_IS_REMOTE | (_FLAG_IS_REMOTE if link_context.is_remote else 0)),
-        ]
-        out.append(_len_field(13, b"".join(body)))
+    links = span_sequence(span, "_links", "links")
+    if links:
+        for link in links:
+            link_context = link.context
+            flags = _FLAG_HAS_IS_REMOTE | (_FLAG_IS_REMOTE if link_context.is_remote else 0)
+            body = [
+                _len_field(1, link_context.trace_id.to_bytes(16, "big")),
+                _len_field(2, link_context.span_id.to_bytes(8, "big")),
+                _attributes(4, link.attributes),
+                _varint_field(5, link.dropped_attributes),
+                _T_FIXED32[6] + _pack_fixed32(flags),
+            ]
+            out.append(_len_field(13, b"".join(body)))
     out.append(_varint_field(14, span.dropped_links))
     status = span.status
-    status_body = (_string(2, status.description) if status.description else b"") + _varint_field(
-        3, status.status_code.value
-    )
-    out.append(_len_field(15, status_body))
-    flags = _FLAG_HAS_IS_REMOTE | (_FLAG_IS_REMOTE if parent is not None and parent.is_remote else 0)
-    out.append(_T_FIXED32[16] + _pack_fixed32(flags))
+    code = status.status_code.value
+    if status.description or code not in _PLAIN_STATUS:
+        out.append(_status_field(code, status.description))
+    else:
+        out.append(_PLAIN_STATUS[code])
+    out.append(_FLAGS_REMOTE_PARENT if parent is not None and parent.is_remote else _FLAGS_LOCAL)
 
     return b"".join(out)
 
@@ -247,17 +301,45 @@ def _encode_scope(scope: Any) -> bytes:
     return body
 
 
-def encode_spans_to_bytes(spans: Sequence[ReadableSpan]) -> bytes:
-    """Return the serialised ``ExportTraceServiceRequest`` for *spans*."""
+class EncodedSpan:
+    """One span already in wire format, with what the request groups it under.
+
+    ``context`` is the span's context, so the batch processor's sampled check
+    works on it as on the span.
+    """
+
+    __slots__ = ("body", "context", "resource", "scope")
+
+    def __init__(self, span: ReadableSpan) -> None:
+        self.body = _encode_span(span)
+        self.context = span.context
+        self.resource = span.resource
+        self.scope = span.instrumentation_scope or None
+
+
+def encode_span(span: ReadableSpan) -> EncodedSpan:
+    """Encode *span* now, for :func:`encode_spans_to_bytes` to join later."""
+    return EncodedSpan(span)
+
+
+def encode_spans_to_bytes(spans: Sequence[ReadableSpan | EncodedSpan]) -> bytes:
+    """Return the serialised ``ExportTraceServiceRequest`` for *spans*.
+
+    Items from :func:`encode_span` are joined as they are; other spans are
+    encoded here.
+    """
     # Grouped by identity: Resource.__hash__ serialises all attributes to JSON
     # on every call. Every span of a provider shares one Resource object.
     grouped: dict[int, tuple[Any, dict[Any, list[bytes]]]] = {}
     for span in spans:
-        resource = span.resource
+        if type(span) is EncodedSpan:
+            resource, scope, body = span.resource, span.scope, span.body
+        else:
+            resource, scope, body = span.resource, span.instrumentation_scope or None, _encode_span(span)
         entry = grouped.get(id(resource))
         if entry is None:
             entry = grouped[id(resource)] = (resource, {})
-        entry[1].setdefault(span.instrumentation_scope or None, []).append(_encode_span(span))
+        entry[1].setdefault(scope, []).append(body)
 
     resource_parts = []
     for resource, scopes in grouped.values():

@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from dtc_otel import _lifecycle, _logs, _partners, _ratelimit
 from dtc_otel._config import ConfigError, Settings, load_settings
+from dtc_otel._encoding_processor import EncodingSpanProcessor
 from dtc_otel._entities import EntitySpanProcessor
 from dtc_otel._export import build_exporters, quiet_exporter_loggers
 from dtc_otel._propagation import DtcPropagator
@@ -99,7 +100,10 @@ def configure(settings: Settings | None = None) -> TracerProvider | None:
     provider.add_span_processor(EntitySpanProcessor())
     exporters = build_exporters(settings)
     for exporter in exporters:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        # The OTLP/HTTP exporter takes spans masked and encoded as they end,
+        # which keeps the export thread's GIL use short (_encoding_processor.py).
+        processor = EncodingSpanProcessor if exporter.accepts_encoded_spans else BatchSpanProcessor
+        provider.add_span_processor(processor(exporter))
     if settings.database_url and settings.audit:
         # Job spans are mirrored into the audit tables by the background writer.
         from dtc_otel.audit._processor import AuditSpanProcessor

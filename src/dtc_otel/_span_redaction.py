@@ -16,9 +16,10 @@ from typing import Any
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import Link, Status
 
+from dtc_otel._otlp_encoder import EncodedSpan, plain_items, span_attributes, span_sequence
 from dtc_otel._redaction import Redactor, default_redactor
 
-__all__ = ["redact_spans"]
+__all__ = ["redact_span", "redact_spans"]
 
 
 # Results for short string attributes by (key, value): methods, paths, hosts
@@ -31,7 +32,7 @@ _SEEN_MAX_VALUE = 256
 def _needs_change(redactor: Redactor, attributes: Any) -> bool:
     # In the common case every value was seen before and needs no mask, so the
     # cache decides without building a new dict.
-    for key, value in attributes.items():
+    for key, value in plain_items(attributes).items():
         if type(value) is str and len(value) <= _SEEN_MAX_VALUE:
             masked = _seen.get((key, value))
             if masked is None or masked != value:
@@ -52,7 +53,7 @@ def _attributes(redactor: Redactor, attributes: Any) -> tuple[Any, bool]:
         return attributes, False
     changed = False
     result = {}
-    for key, value in getattr(attributes, "_dict", attributes).items():
+    for key, value in plain_items(attributes).items():
         if type(value) is str and len(value) <= _SEEN_MAX_VALUE:
             masked = _seen.get((key, value))
             if masked is None:
@@ -76,16 +77,16 @@ def _attributes(redactor: Redactor, attributes: Any) -> tuple[Any, bool]:
 
 
 def _redact_span(redactor: Redactor, span: ReadableSpan) -> ReadableSpan:
-    attributes, changed = _attributes(redactor, span.attributes)
+    attributes, changed = _attributes(redactor, span_attributes(span))
 
     events = []
-    for event in span.events:
+    for event in span_sequence(span, "_events", "events"):
         event_attributes, event_changed = _attributes(redactor, event.attributes)
         changed = changed or event_changed
         events.append(Event(event.name, event_attributes, event.timestamp) if event_changed else event)
 
     links = []
-    for link in span.links:
+    for link in span_sequence(span, "_links", "links"):
         link_attributes, link_changed = _attributes(redactor, link.attributes)
         changed = changed or link_changed
         links.append(Link(link.context, link_attributes) if link_changed else link)
@@ -116,8 +117,17 @@ def _redact_span(redactor: Redactor, span: ReadableSpan) -> ReadableSpan:
     )
 
 
-def redact_spans(spans: Sequence[ReadableSpan], redactor: Redactor | None = None) -> list[ReadableSpan]:
-    """Return *spans* with secrets masked; unchanged spans are the same objects."""
+def redact_span(span: ReadableSpan, redactor: Redactor | None = None) -> ReadableSpan:
+    """Return *span* with secrets masked, or *span* itself when nothing needs a mask."""
+    return _redact_span(redactor or default_redactor(), span)
+
+
+def redact_spans(spans: Sequence[Any], redactor: Redactor | None = None) -> list[Any]:
+    """Return *spans* with secrets masked; unchanged spans are the same objects.
+
+    Spans already encoded by :func:`dtc_otel._otlp_encoder.encode_span` were
+    masked before encoding and pass through.
+    """
     redactor = redactor or default_redactor()
 
-    return [_redact_span(redactor, span) for span in spans]
+    return [span if type(span) is EncodedSpan else _redact_span(redactor, span) for span in spans]

@@ -35,6 +35,7 @@ from opentelemetry.util.http import (
 
 from dtc_otel._config import Settings
 from dtc_otel._entities import bind_for_request, reset_request_entities
+from dtc_otel._logs import remember_ids
 from dtc_otel._partners import sanitize_partner_value
 from dtc_otel._ratelimit import log_once_per_interval
 from dtc_otel._request_id import check_request_id, request_id_var
@@ -144,15 +145,13 @@ class ServerSpanMiddleware:
         if not span_context.is_valid:
             return []
 
-        trace_id = format(span_context.trace_id, "032x").encode("ascii")
-        headers = [
-            (
-                b"traceresponse",
-                b"00-%s-%s-%02x" % (trace_id, format(span_context.span_id, "016x").encode("ascii"), span_context.trace_flags),
-            )
-        ]
+        trace_id = span_context.trace_id.to_bytes(16, "big").hex()
+        span_id = span_context.span_id.to_bytes(8, "big").hex()
+        # The request's log lines need the same two strings.
+        remember_ids(span, trace_id, span_id)
+        headers = [(b"traceresponse", f"00-{trace_id}-{span_id}-{span_context.trace_flags:02x}".encode("ascii"))]
         if self._response_header:
-            headers.append((self._response_header, trace_id))
+            headers.append((self._response_header, trace_id.encode("ascii")))
 
         return headers
 
