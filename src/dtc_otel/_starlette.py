@@ -40,6 +40,7 @@ from dtc_otel._partners import sanitize_partner_value
 from dtc_otel._ratelimit import log_once_per_interval
 from dtc_otel._request_id import check_request_id, request_id_var
 from dtc_otel._setup import current_settings
+from dtc_otel._span_attributes import DirectAttributes, put_attributes
 
 __all__ = ["ServerSpanMiddleware", "StarletteServerInstrumentor"]
 
@@ -90,6 +91,7 @@ class ServerSpanMiddleware:
         self._capture_request = get_custom_headers(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST)
         self._capture_response = get_custom_headers(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE)
         self._sensitive_headers = get_custom_headers(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS)
+        self._direct = DirectAttributes(self._tracer)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or SCOPE_SPAN_KEY in scope:
@@ -229,13 +231,16 @@ class ServerSpanMiddleware:
             links = [trace.Link(caller)] if caller.is_valid else None
             parent = None
 
-        span = self._tracer.start_span(
-            attributes["http.request.method"] if method in _KNOWN_METHODS else "HTTP",
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes=attributes,
-            links=links,
-        )
+        name = attributes["http.request.method"] if method in _KNOWN_METHODS else "HTTP"
+        if not self._capture_request and self._direct.usable():
+            # Nothing reads them while the span starts, and all are strings
+            # or integers: set them after start, without the SDK's cleaning.
+            span = self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER, links=links)
+            put_attributes(span, attributes)
+        else:
+            span = self._tracer.start_span(
+                name, context=parent, kind=SpanKind.SERVER, attributes=attributes, links=links
+            )
         scope[SCOPE_SPAN_KEY] = span
         tokens = _Tokens(context.attach(trace.set_span_in_context(span, parent)))
 
@@ -274,16 +279,22 @@ class ServerSpanMiddleware:
     def _finish(span: trace.Span, scope: Scope, status_code: int, error_type: str | None) -> None:
         route = _route_template(scope)
         method = scope["method"]
+        attributes: dict[str, str | int] = {}
         if route:
-            span.set_attribute("http.route", route)
+            attributes["http.route"] = route
             span.update_name(f"{method if method in _KNOWN_METHODS else 'HTTP'} {route}")
         if status_code:
-            span.set_attribute("http.response.status_code", status_code)
+            attributes["http.response.status_code"] = status_code
             if status_code >= 500 and error_type is None:
                 error_type = str(status_code)
                 span.set_status(Status(StatusCode.ERROR))
         if error_type is not None:
-            span.set_attribute("error.type", error_type)
+            attributes["error.type"] = error_type
+        if type(status_code) is int:
+            put_attributes(span, attributes)
+        else:
+            # put_attributes takes plain values only; an HTTPStatus takes the SDK's path.
+            span.set_attributes(attributes)
         span.end()
 
 
