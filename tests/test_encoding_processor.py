@@ -85,3 +85,64 @@ def test_encoding_failure_falls_back(receiver, monkeypatch, caplog) -> None:
     assert names == ["first", "second"]
     assert "span encoding at span end failed" in caplog.text
     provider.shutdown()
+
+
+def _secret_spans():
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import Link, SpanContext
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("masking.test")
+    caller = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, is_remote=True)
+    attributes = {
+        "http.request.header.authorization": ["Bearer abc.def.ghi"],
+        "api_key": 123456,
+        "url.full": "https://partner.test/pay?token=sk_live_51Habcdefghijklmnopqrstuv",
+        "quote_id": 44,
+        "plain": "nothing secret here",
+    }
+    with tracer.start_as_current_span("call", attributes=attributes, links=[Link(caller, {"password": "hunter2"})]) as span:
+        span.add_event("retry attempt", {"error": "card 4111 1111 1111 1111 declined", "attempt": 2})
+        span.set_status(Status(StatusCode.ERROR, "token sk_live_51Habcdefghijklmnopqrstuv rejected"))
+
+    return exporter.get_finished_spans()
+
+
+def test_masked_encoding_equals_redacted_spans() -> None:
+    """Masking while encoding gives the same bytes as redacting the span, then encoding it."""
+    from dtc_otel._otlp_encoder import encode_span, encode_spans_to_bytes
+    from dtc_otel._span_redaction import SpanMasker, redact_spans
+
+    spans = _secret_spans()
+    masker = SpanMasker()
+    expected = encode_spans_to_bytes(redact_spans(spans))
+
+    assert encode_spans_to_bytes([encode_span(span, masker) for span in spans]) == expected
+    # A second pass reads from the masker's cache and must give the same bytes.
+    assert encode_spans_to_bytes([encode_span(span, masker) for span in spans]) == expected
+    assert b"hunter2" not in expected
+    assert b"4111 1111" not in expected
+    assert b"sk_live_51H" not in expected
+
+
+def test_new_default_redactor_drops_cache() -> None:
+    """After set_default_redactor, cached masking results of the old redactor are not reused."""
+    from dtc_otel import _redaction
+    from dtc_otel._otlp_encoder import encode_span, encode_spans_to_bytes
+    from dtc_otel._span_redaction import SpanMasker
+
+    original = _redaction.default_redactor()
+    spans = _secret_spans()
+    masker = SpanMasker()
+    assert b"nothing secret here" in encode_spans_to_bytes([encode_span(span, masker) for span in spans])
+
+    _redaction.set_default_redactor(_redaction.Redactor(extra_keys=["plain"]))
+    try:
+        encoded = encode_spans_to_bytes([encode_span(span, masker) for span in spans])
+    finally:
+        _redaction.set_default_redactor(original)
+
+    assert b"nothing secret here" not in encoded

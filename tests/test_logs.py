@@ -146,3 +146,16 @@ def test_long_message_keeps_both_ends() -> None:
     assert "characters cut" in event["event"]
     assert len(event["event"]) < 2200
     assert event["payload"].endswith("(5000 characters)")
+
+
+def test_access_timestamp_matches_datetime() -> None:
+    """The access line's cached timestamp equals datetime's ISO form, microseconds always written."""
+    from datetime import datetime, timezone
+
+    from dtc_otel._logs import _iso_utc
+
+    for created in (1764900000.0, 1764900000.25, 1764900001.123456, 1764986399.5):
+        expected = datetime.fromtimestamp(created, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        assert _iso_utc(created) == expected
+    # Back to an earlier second after a later one: the cache must not keep the later date.
+    assert _iso_utc(1764900000.5).startswith("2025-12-05T02:00:00.")

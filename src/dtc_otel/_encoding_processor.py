@@ -1,4 +1,4 @@
-"""A batch span processor that masks and encodes each span when it ends.
+"""Mask and encode each span when it ends, ahead of the batch processor's queue.
 
 With the standard batch processor, the export thread masks, encodes and sends
 every span, and requests wait for the GIL while it encodes a batch. Measured
@@ -20,11 +20,12 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from dtc_otel._otlp_encoder import encode_span
 from dtc_otel._ratelimit import log_once_per_interval
-from dtc_otel._span_redaction import redact_span
+from dtc_otel._span_redaction import SpanMasker
 
 __all__ = ["EncodingSpanProcessor"]
 
 _logger = logging.getLogger("dtc_otel.export")
+_MASKER = SpanMasker()
 
 
 class EncodingSpanProcessor(BatchSpanProcessor):
@@ -39,7 +40,7 @@ class EncodingSpanProcessor(BatchSpanProcessor):
         if not (context and context.trace_flags.sampled):
             return
         try:
-            item = encode_span(redact_span(span))
+            item = encode_span(span, _MASKER)
         except Exception:  # noqa: BLE001 - the export thread encodes this span instead
             log_once_per_interval(_logger, "span encoding at span end failed", exc_info=True)
             super().on_end(span)

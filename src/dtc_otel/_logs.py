@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from datetime import datetime, timezone
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -219,6 +219,23 @@ class _Chain:
     access_formatter: logging.Formatter | None = None
 
 
+# The formatted date and time of the last second seen: access lines come many
+# per second, and only the microseconds change between them.
+_last_second: tuple[int, str] = (-1, "")
+
+
+def _iso_utc(created: float) -> str:
+    """Return *created* (seconds since the epoch) as ISO 8601 in UTC with microseconds, as the chain's TimeStamper."""
+    global _last_second
+    second = int(created)
+    cached = _last_second
+    if cached[0] != second:
+        cached = _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    micros = min(round((created - second) * 1_000_000), 999_999)
+
+    return f"{cached[1]}.{micros:06d}Z"
+
+
 class JSONAccessFormatter(logging.Formatter):
     """Render uvicorn's access lines as JSON directly, with the same fields as the shared chain.
 
@@ -238,7 +255,7 @@ class JSONAccessFormatter(logging.Formatter):
         event: dict[str, Any] = {
             "event": f"{method} {path} {status}",
             "level": record.levelname.lower(),
-            "timestamp": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat().replace("+00:00", "Z"),
+            "timestamp": _iso_utc(record.created),
             "logger": record.name,
             "http_method": method,
             "http_path": default_redactor().redact_text(path),

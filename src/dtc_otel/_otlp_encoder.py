@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
@@ -124,8 +124,8 @@ def plain_items(attributes: Any) -> Any:
     """Return the plain dict behind the SDK's attribute mappings, or *attributes* itself.
 
     ``ReadableSpan.attributes`` wraps a ``BoundedAttributes`` in a
-    ``MappingProxyType``; iterating that goes through the Mapping ABC, one
-    call per key and value, and the dict underneath contains the same items.
+    ``MappingProxyType``. Iterating that goes through the Mapping ABC, one
+    call per key and value, while the dict underneath contains the same items.
     """
     inner = getattr(attributes, "_dict", None)
     return attributes if inner is None else inner
@@ -152,18 +152,40 @@ def span_sequence(span: Any, private: str, public: str) -> Any:
     return getattr(raw, "_dq", raw)
 
 
-def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
+class Masker(Protocol):
+    """Masks secrets in a span's attribute values and texts as it is encoded.
+
+    ``pairs`` caches encoded fields of masked values for this masker, by field
+    number, key and original value; the encoder empties it when full.
+    """
+
+    pairs: dict[tuple[int, str, Any], bytes]
+
+    def value(self, key: str, value: Any) -> Any:
+        """Return *value* of attribute *key*, masked where it is a secret."""
+
+    def text(self, text: str) -> str:
+        """Return *text* with secrets inside it masked."""
+
+
+def _attributes(field: int, attributes: Mapping[str, Any] | None, masker: Masker | None = None) -> bytes:
     if not attributes:
         return b""
     tag = _T_LEN[field]
+    pairs = _pairs if masker is None else masker.pairs
     parts = []
     for key, value in plain_items(attributes).items():
         kind = type(value)
-        if (kind is str and len(value) <= _PAIR_MAX_VALUE) or kind is int:
-            cached = _pairs.get((field, key, value))
+        cacheable = (kind is str and len(value) <= _PAIR_MAX_VALUE) or kind is int
+        if cacheable:
+            cached = pairs.get((field, key, value))
             if cached is not None:
                 parts.append(cached)
                 continue
+            cache_key = (field, key, value)
+        if masker is not None:
+            value = masker.value(key, value)
+            kind = type(value)
         encoded_key = _keys.get(key)
         if encoded_key is None:
             encoded_key = _string(1, key)
@@ -182,10 +204,10 @@ def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
                 continue
         pair = encoded_key + b"\x12" + _varint(len(any_value)) + any_value
         encoded = tag + _varint(len(pair)) + pair
-        if (kind is str and len(value) <= _PAIR_MAX_VALUE) or kind is int:
-            if len(_pairs) >= _PAIRS_LIMIT:
-                _pairs.clear()
-            _pairs[(field, key, value)] = encoded
+        if cacheable:
+            if len(pairs) >= _PAIRS_LIMIT:
+                pairs.clear()
+            pairs[cache_key] = encoded
         parts.append(encoded)
 
     return b"".join(parts)
@@ -215,7 +237,7 @@ def _status_field(code: int, description: str | None) -> bytes:
 _PLAIN_STATUS = {code: _status_field(code, None) for code in range(3)}
 
 
-def _encode_span(span: ReadableSpan) -> bytes:
+def _encode_span(span: ReadableSpan, masker: Masker | None = None) -> bytes:
     context = span.get_span_context()
     out = [_TRACE_ID_PREFIX, context.trace_id.to_bytes(16, "big"), _SPAN_ID_PREFIX, context.span_id.to_bytes(8, "big")]
     if context.trace_state:
@@ -231,14 +253,14 @@ def _encode_span(span: ReadableSpan) -> bytes:
         out.append(_START_TAG + _pack_fixed64(span.start_time))
     if span.end_time:
         out.append(_END_TAG + _pack_fixed64(span.end_time))
-    out.append(_attributes(9, span_attributes(span)))
+    out.append(_attributes(9, span_attributes(span), masker))
     if span.dropped_attributes:
         out.append(_varint_field(10, span.dropped_attributes))
     events = span_sequence(span, "_events", "events")
     if events:
         for event in events:
             body = [_T_FIXED64[1] + _pack_fixed64(event.timestamp or 0), _string(2, event.name)]
-            body.append(_attributes(3, event.attributes))
+            body.append(_attributes(3, event.attributes, masker))
             body.append(_varint_field(4, event.dropped_attributes))
             out.append(_len_field(11, b"".join(body)))
     out.append(_varint_field(12, span.dropped_events))
@@ -250,7 +272,7 @@ def _encode_span(span: ReadableSpan) -> bytes:
             body = [
                 _len_field(1, link_context.trace_id.to_bytes(16, "big")),
                 _len_field(2, link_context.span_id.to_bytes(8, "big")),
-                _attributes(4, link.attributes),
+                _attributes(4, link.attributes, masker),
                 _varint_field(5, link.dropped_attributes),
                 _T_FIXED32[6] + _pack_fixed32(flags),
             ]
@@ -258,8 +280,11 @@ def _encode_span(span: ReadableSpan) -> bytes:
     out.append(_varint_field(14, span.dropped_links))
     status = span.status
     code = status.status_code.value
-    if status.description or code not in _PLAIN_STATUS:
-        out.append(_status_field(code, status.description))
+    if status.description:
+        description = status.description if masker is None else masker.text(status.description)
+        out.append(_status_field(code, description))
+    elif code not in _PLAIN_STATUS:
+        out.append(_status_field(code, None))
     else:
         out.append(_PLAIN_STATUS[code])
     out.append(_FLAGS_REMOTE_PARENT if parent is not None and parent.is_remote else _FLAGS_LOCAL)
@@ -310,16 +335,16 @@ class EncodedSpan:
 
     __slots__ = ("body", "context", "resource", "scope")
 
-    def __init__(self, span: ReadableSpan) -> None:
-        self.body = _encode_span(span)
+    def __init__(self, span: ReadableSpan, masker: Masker | None = None) -> None:
+        self.body = _encode_span(span, masker)
         self.context = span.context
         self.resource = span.resource
         self.scope = span.instrumentation_scope or None
 
 
-def encode_span(span: ReadableSpan) -> EncodedSpan:
-    """Encode *span* now, for :func:`encode_spans_to_bytes` to join later."""
-    return EncodedSpan(span)
+def encode_span(span: ReadableSpan, masker: Masker | None = None) -> EncodedSpan:
+    """Encode *span* now, for :func:`encode_spans_to_bytes` to join later, masked by *masker* if given."""
+    return EncodedSpan(span, masker)
 
 
 def encode_spans_to_bytes(spans: Sequence[ReadableSpan | EncodedSpan]) -> bytes:

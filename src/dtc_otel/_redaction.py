@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 __all__ = ["MASK", "Redactor", "default_redactor", "luhn_valid", "redact", "set_default_redactor"]
@@ -310,10 +310,21 @@ def default_redactor() -> Redactor:
     return _default
 
 
+# Called when the default redactor is replaced, to drop results cached from the old one.
+_change_hooks: list[Callable[[], None]] = []
+
+
+def on_default_change(hook: Callable[[], None]) -> None:
+    """Call *hook* whenever :func:`set_default_redactor` replaces the default redactor."""
+    _change_hooks.append(hook)
+
+
 def set_default_redactor(redactor: Redactor) -> None:
     """Replace the process's redactor, for apps that configure it in code."""
     global _default
     _default = redactor
+    for hook in _change_hooks:
+        hook()
 
 
 def redact(value: Any, key: str | None = None) -> Any:

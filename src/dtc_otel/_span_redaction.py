@@ -17,9 +17,9 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import Link, Status
 
 from dtc_otel._otlp_encoder import EncodedSpan, plain_items, span_attributes, span_sequence
-from dtc_otel._redaction import Redactor, default_redactor
+from dtc_otel._redaction import MASK, Redactor, default_redactor, on_default_change
 
-__all__ = ["redact_span", "redact_spans"]
+__all__ = ["SpanMasker", "mask_attribute", "redact_span", "redact_spans"]
 
 
 # Results for short string attributes by (key, value): methods, paths, hosts
@@ -27,6 +27,7 @@ __all__ = ["redact_span", "redact_spans"]
 _seen: dict[tuple[str, str], str] = {}
 _SEEN_LIMIT = 8192
 _SEEN_MAX_VALUE = 256
+on_default_change(_seen.clear)
 
 
 def _needs_change(redactor: Redactor, attributes: Any) -> bool:
@@ -61,19 +62,49 @@ def _attributes(redactor: Redactor, attributes: Any) -> tuple[Any, bool]:
                 if len(_seen) >= _SEEN_LIMIT:
                     _seen.clear()
                 _seen[(key, value)] = masked
-        elif type(value) in (int, float, bool):
-            masked = "[REDACTED]" if redactor.is_sensitive_key(key) else value
-        elif isinstance(value, (list, tuple)) and redactor.is_sensitive_key(key):
-            # A sequence stays a sequence of strings, as OTLP typed it: a
-            # captured header's values, one mask each.
-            masked = tuple("[REDACTED]" for _ in value)
         else:
-            masked = redactor.redact(value, key)
+            masked = mask_attribute(redactor, key, value)
         if masked is not value and masked != value:
             changed = True
         result[key] = masked
 
     return result, changed
+
+
+def mask_attribute(redactor: Redactor, key: str, value: Any) -> Any:
+    """Return the exported form of attribute *key*: *value*, or a mask where it is a secret."""
+    if type(value) in (int, float, bool):
+        return MASK if redactor.is_sensitive_key(key) else value
+    if isinstance(value, (list, tuple)) and redactor.is_sensitive_key(key):
+        # A sequence stays a sequence of strings, as OTLP typed it: a
+        # captured header's values, one mask each.
+        return tuple(MASK for _ in value)
+
+    return redactor.redact(value, key)
+
+
+class SpanMasker:
+    """The masking :func:`dtc_otel._otlp_encoder.encode_span` applies while it encodes a span.
+
+    Its results equal :func:`redact_span`'s for every attribute, event, link
+    and status description. Without a *redactor*, each call uses the default
+    redactor in force at that moment.
+    """
+
+    __slots__ = ("_redactor", "pairs")
+
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        self._redactor = redactor
+        self.pairs: dict[tuple[int, str, Any], bytes] = {}
+        if redactor is None:
+            # Cached results belong to the redactor that made them.
+            on_default_change(self.pairs.clear)
+
+    def value(self, key: str, value: Any) -> Any:
+        return mask_attribute(self._redactor or default_redactor(), key, value)
+
+    def text(self, text: str) -> str:
+        return (self._redactor or default_redactor()).redact_text(text)
 
 
 def _redact_span(redactor: Redactor, span: ReadableSpan) -> ReadableSpan:
