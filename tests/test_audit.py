@@ -349,3 +349,29 @@ def test_writer_health_exported_as_metrics(tmp_path) -> None:
     assert values["dtc_otel.audit.spool_size"][0] > 0
     assert "dtc_otel.audit.queue_depth" in values
     assert values["dtc_otel.audit.events_dropped"] == [0]
+
+
+def test_record_traced_as_one_span(audit_db) -> None:
+    """record() in a request shows as one span; its own SQL statements are not traced one by one."""
+    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+
+    instrumentor = PsycopgInstrumentor()
+    instrumentor.instrument()
+    try:
+        with psycopg.connect(audit_db) as conn:
+            with trace.get_tracer("test").start_as_current_span("request"):
+                conn.execute("SELECT 1")
+                written = audit.record(conn, AuditEvent(table="checkpoints", row_id="rates", status="saved", data={"position": 1}))
+    finally:
+        instrumentor.uninstrument()
+
+    spans = _exporter.get_finished_spans()
+    request = next(span for span in spans if span.name == "request")
+    children = [span for span in spans if span.parent is not None and span.parent.span_id == request.context.span_id]
+    names = sorted(span.name for span in children)
+    assert written == 1
+    assert names == ["SELECT", "dtc_otel.audit.record"], names
+    record_span = next(span for span in children if span.name == "dtc_otel.audit.record")
+    assert record_span.attributes["dtc.audit.events"] == 1
+    assert record_span.attributes["dtc.audit.new_events"] == 1
+    assert not [span for span in spans if span.parent is not None and span.parent.span_id == record_span.context.span_id]

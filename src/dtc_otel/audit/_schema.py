@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 import psycopg
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from psycopg import sql
 
 __all__ = ["Migration", "apply_migrations", "load_migrations", "render_migrations"]
@@ -87,7 +88,8 @@ def apply_migrations(database_url: str, schema: str) -> list[str]:
     """
     applied: list[str] = []
     schema_id = sql.Identifier(schema)
-    with psycopg.connect(database_url) as conn:
+    # dtc-otel's own set-up statements would each become a one-span trace.
+    with suppress_instrumentation(), psycopg.connect(database_url) as conn:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema_id))
