@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -23,7 +24,7 @@ from dtc_otel.audit._events import NOTIFY_CHANNEL, AuditEvent
 from dtc_otel.audit._schema import apply_migrations, load_migrations, render_migrations
 from dtc_otel.audit._sql import MAX_NOTIFY_BYTES, notify_payload
 from dtc_otel.audit._state import audit_state
-from dtc_otel.audit._writer import AuditWriter
+from dtc_otel.audit._writer import AuditWriter, write_batch
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "audit.md"
 SCHEMA = "dtc_audit"
@@ -241,6 +242,119 @@ class TestTransactionalRecord:
 
         assert (first, second) == (1, 0)
         assert _rows(audit_db, f"SELECT count(*) FROM {SCHEMA}.audit_events WHERE event_id = %s", event.event_id)[0][0] == 1
+
+
+def _job_event(job_id: str, status: str, transition: str, quote_id: int) -> AuditEvent:
+    return AuditEvent(
+        table="job_queue",
+        row_id=job_id,
+        status=status,
+        data={"kind": "approve_quote", "attempts": 0, "max_attempts": 3, "transition": transition},
+        entity_ids={"quote_id": quote_id},
+    )
+
+
+def _write_in_transaction(url: str, events: list[AuditEvent]) -> int:
+    """Write *events* as the background writer does: one batch, one transaction."""
+    with psycopg.connect(url) as conn:
+        with conn.transaction():
+            return write_batch(conn, SCHEMA, events)
+
+
+class TestBatchWrite:
+    def test_replayed_batch_written_once(self, audit_db, caplog) -> None:
+        """A batch written twice: the second write falls back to conflict checks, adding no rows and no NOTIFY."""
+        job_id = str(uuid.uuid4())
+        events = [
+            _job_event(job_id, "pending", "enqueued", 44),
+            _job_event(job_id, "running", "started", 44),
+            AuditEvent(table="checkpoints", row_id="rates", status="saved", data={"position": 7}),
+        ]
+        listener = Listener(audit_db)
+
+        assert _write_in_transaction(audit_db, events) == 3
+        first_notes = listener.collect(3)
+        with caplog.at_level(logging.DEBUG, logger="dtc_otel.audit"):
+            assert _write_in_transaction(audit_db, events) == 0
+        replay_notes = listener.collect(1, timeout=1.0)
+        listener.close()
+
+        assert len(first_notes) == 3
+        assert replay_notes == []
+        assert any("conflict checks" in record.getMessage() for record in caplog.records), "no fallback was logged"
+        assert _rows(audit_db, f"SELECT count(*) FROM {SCHEMA}.audit_events")[0][0] == 3
+        assert _rows(audit_db, f"SELECT count(*) FROM {SCHEMA}.job_events")[0][0] == 2
+        assert _rows(audit_db, f"SELECT status FROM {SCHEMA}.job_queue WHERE job_id = %s", job_id) == [("running",)]
+
+    def test_partly_stored_batch_announces_only_new_events(self, audit_db) -> None:
+        """A batch with stored and new events writes and announces each new one once, in ID order."""
+        stored = [_job_event(str(uuid.uuid4()), "pending", "enqueued", n) for n in range(3)]
+        fresh = [_job_event(str(uuid.uuid4()), "pending", "enqueued", n) for n in range(3, 6)]
+        assert _write_in_transaction(audit_db, stored) == 3
+        listener = Listener(audit_db)
+
+        written = _write_in_transaction(audit_db, [stored[0], fresh[0], stored[1], fresh[1], fresh[2], stored[2]])
+        notes = listener.collect(4, timeout=2.0)
+        listener.close()
+
+        assert written == 3
+        assert [n["event_id"] for n in notes] == [e.event_id for e in fresh]
+        assert [n["id"] for n in notes] == sorted(n["id"] for n in notes)
+        assert _rows(audit_db, f"SELECT count(*) FROM {SCHEMA}.audit_events")[0][0] == 6
+        assert _rows(audit_db, f"SELECT count(*) FROM {SCHEMA}.job_events")[0][0] == 6
+
+    def test_notify_follows_id_order(self, audit_db) -> None:
+        """Each NOTIFY of a batch carries its row's ID and fields, in the order of the batch and of the IDs."""
+        events = [_job_event(str(uuid.uuid4()), "pending", "enqueued", n) for n in range(20)]
+        events.insert(5, AuditEvent(table="checkpoints", row_id="rates", status="saved", data={"position": 1}))
+        listener = Listener(audit_db)
+
+        assert _write_in_transaction(audit_db, events) == len(events)
+        notes = listener.collect(len(events))
+        listener.close()
+
+        stored = _rows(audit_db, f"SELECT id, event_id::text, topic, source_table, row_id, status, entity_ids FROM {SCHEMA}.audit_events ORDER BY id")
+        assert [n["event_id"] for n in notes] == [e.event_id for e in events]
+        assert [row[1] for row in stored] == [e.event_id for e in events]
+        expected = [
+            {
+                "id": audit_id,
+                "event_id": event_id,
+                "topic": topic,
+                "table": table,
+                "row_id": row_id,
+                "status": status,
+                "entity_ids": entities,
+            }
+            for audit_id, event_id, topic, table, row_id, status, entities in stored
+        ]
+        assert notes == expected
+
+    def test_ids_shared_with_default_inserts(self, audit_db) -> None:
+        """IDs allocated for a batch come from the table's sequence, so a later default insert follows them."""
+        events = [_job_event(str(uuid.uuid4()), "pending", "enqueued", n) for n in range(10)]
+        _write_in_transaction(audit_db, events)
+        with psycopg.connect(audit_db) as conn:
+            next_id = conn.execute(
+                f"INSERT INTO {SCHEMA}.audit_events (event_id, topic, source_table, row_id) "
+                "VALUES (gen_random_uuid(), 't', 'audit_events', 'r') RETURNING id"
+            ).fetchone()[0]
+
+        batch_ids = [row[0] for row in _rows(audit_db, f"SELECT id FROM {SCHEMA}.audit_events WHERE source_table = 'job_queue'")]
+        assert next_id > max(batch_ids)
+
+    def test_oversized_notify_payload_sent_by_reference(self, audit_db) -> None:
+        """A batch event whose payload would pass the NOTIFY limit is announced by ID only."""
+        entities = {f"customer{n}_id": n for n in range(600)}
+        event = AuditEvent(table="checkpoints", row_id="rates", status="saved", data={"position": 1}, entity_ids=entities)
+        listener = Listener(audit_db)
+
+        _write_in_transaction(audit_db, [event])
+        notes = listener.collect(1)
+        listener.close()
+
+        audit_id = _rows(audit_db, f"SELECT id FROM {SCHEMA}.audit_events WHERE event_id = %s", event.event_id)[0][0]
+        assert notes == [{"id": audit_id, "event_id": event.event_id, "truncated": True}]
 
 
 class TestMarkersAndCheckpoints:

@@ -18,7 +18,16 @@ from dtc_otel._json import dumps
 from dtc_otel._redaction import default_redactor
 from dtc_otel.audit._events import NOTIFY_CHANNEL, AuditEvent
 
-__all__ = ["MAX_NOTIFY_BYTES", "Statement", "event_statements", "notify_payload", "stage_row", "staged_statements"]
+__all__ = [
+    "MAX_NOTIFY_BYTES",
+    "Statement",
+    "allocate_ids",
+    "direct_statements",
+    "event_statements",
+    "notify_payload",
+    "stage_row",
+    "staged_statements",
+]
 
 # PostgreSQL rejects NOTIFY payloads of 8000 bytes or more; stay clear of it.
 MAX_NOTIFY_BYTES = 7900
@@ -127,7 +136,7 @@ def notify_payload(audit_id: int, event: AuditEvent) -> str:
 STAGE_COLUMNS = (
     "seq", "event_id", "tbl", "row_id", "status", "topic", "entity_ids", "trace_id", "occurred_at",
     "kind", "attempts", "max_attempts", "last_error", "payload", "transition", "started_at", "finished_at",
-    "summary", "row_written", "single",
+    "summary", "row_written", "single", "audit_id",
 )  # fmt: skip
 
 # ON COMMIT DELETE ROWS keeps the stage empty between transactions; write
@@ -137,7 +146,7 @@ CREATE_STAGE = sql.SQL(
     "seq integer, event_id uuid, tbl text, row_id text, status text, topic text, entity_ids jsonb, "
     "trace_id text, occurred_at timestamptz, kind text, attempts integer, max_attempts integer, "
     "last_error text, payload jsonb, transition text, started_at timestamptz, finished_at timestamptz, "
-    "summary jsonb, row_written boolean, single boolean) ON COMMIT DELETE ROWS"
+    "summary jsonb, row_written boolean, single boolean, audit_id bigint) ON COMMIT DELETE ROWS"
 )
 CLEAR_STAGE = sql.SQL("DELETE FROM pg_temp.dtc_audit_stage")
 COPY_STAGE = sql.SQL("COPY pg_temp.dtc_audit_stage ({}) FROM STDIN").format(
@@ -151,8 +160,13 @@ def _clean(value: Any, key: str | None = None) -> Any:
     return default_redactor().redact(value, key) if value is not None else None
 
 
-def stage_row(seq: int, event: AuditEvent, single: bool = True) -> tuple[Any, ...]:
-    """Return the stage columns of *event*; *single* is true when no other event of the batch has its row."""
+def stage_row(seq: int, event: AuditEvent, single: bool = True, audit_id: int | None = None) -> tuple[Any, ...]:
+    """Return the stage columns of *event*.
+
+    *single* is true when no other event of the batch has its row. *audit_id*
+    is the ``audit_events`` ID allocated for the event by the direct path, or
+    None for the path that lets the insert allocate it.
+    """
     # The writer calls this for every event while its COPY waits, so the
     # redactor is looked up once and empty values skip it.
     redact = default_redactor().redact
@@ -166,7 +180,10 @@ def stage_row(seq: int, event: AuditEvent, single: bool = True) -> tuple[Any, ..
         redact(event.topic), entity_ids, event.trace_id, _ts(event.occurred_at),
     )  # fmt: skip
     if event.table != "job_queue":
-        return (*head, None, None, None, None, None, None, None, None, summary_json, bool(d.get("row_written")), single)
+        return (
+            *head, None, None, None, None, None, None, None, None, summary_json, bool(d.get("row_written")), single,
+            audit_id,
+        )  # fmt: skip
 
     last_error = d.get("last_error")
     payload = d.get("payload")
@@ -176,7 +193,7 @@ def stage_row(seq: int, event: AuditEvent, single: bool = True) -> tuple[Any, ..
         *head, d.get("kind"), d.get("attempts"), d.get("max_attempts"),
         None if last_error is None else redact(last_error), _json(redact(payload)) if payload else "{}",
         d.get("transition"), None if started_at is None else _ts(started_at),
-        None if finished_at is None else _ts(finished_at), summary_json, bool(d.get("row_written")), single,
+        None if finished_at is None else _ts(finished_at), summary_json, bool(d.get("row_written")), single, audit_id,
     )  # fmt: skip
 
 
@@ -240,17 +257,31 @@ FROM pg_temp.dtc_audit_stage
 WHERE tbl = 'job_queue' AND NOT row_written AND single
 """ + _JOB_CONFLICT
 
-_STAGED_JOB_EVENTS = """
+_JOB_EVENTS_INSERT = """
 INSERT INTO {s}.job_events (event_id, job_id, kind, transition, attempt, error, trace_id, occurred_at)
 SELECT event_id, row_id, kind, transition, attempts, last_error, trace_id, occurred_at
 FROM pg_temp.dtc_audit_stage
 WHERE tbl = 'job_queue' AND transition IS NOT NULL AND NOT row_written
 ORDER BY seq
-ON CONFLICT (event_id) DO NOTHING
 """
 
-# New audit_events rows and their NOTIFY in one statement. A payload over the
-# limit is replaced by a reference, as notify_payload() does.
+_STAGED_JOB_EVENTS = _JOB_EVENTS_INSERT + "ON CONFLICT (event_id) DO NOTHING\n"
+
+# Announce {rows}, which has the columns of an audit_events row, in ID order.
+# A payload over the limit is replaced by a reference, as notify_payload() does.
+_ANNOUNCE = """
+SELECT count(pg_notify({channel}, CASE WHEN octet_length(body) <= {limit} THEN body
+    ELSE json_build_object('id', id, 'event_id', event_id, 'truncated', true)::text END))
+FROM (
+    SELECT id, event_id, json_build_object('id', id, 'event_id', event_id, 'topic', topic, 'table', source_table,
+        'row_id', row_id, 'status', status, 'entity_ids', entity_ids)::text AS body
+    FROM {rows}
+    ORDER BY id
+) AS bodies
+"""
+
+# New audit_events rows and their NOTIFY in one statement: an event ID that
+# is already stored is neither inserted nor announced again.
 _STAGED_AUDIT_EVENTS = """
 WITH inserted AS (
     INSERT INTO {s}.audit_events (event_id, topic, source_table, row_id, status, payload, entity_ids, trace_id, created_at)
@@ -259,15 +290,7 @@ WITH inserted AS (
     FROM pg_temp.dtc_audit_stage ORDER BY seq
     ON CONFLICT (event_id) DO NOTHING
     RETURNING id, event_id, topic, source_table, row_id, status, entity_ids
-), bodies AS (
-    SELECT id, event_id, json_build_object('id', id, 'event_id', event_id, 'topic', topic, 'table', source_table,
-        'row_id', row_id, 'status', status, 'entity_ids', entity_ids)::text AS body
-    FROM inserted
-)
-SELECT count(pg_notify({channel}, CASE WHEN octet_length(body) <= {limit} THEN body
-    ELSE json_build_object('id', id, 'event_id', event_id, 'truncated', true)::text END))
-FROM (SELECT * FROM bodies ORDER BY id) AS ordered
-"""
+)""" + _ANNOUNCE.replace("{rows}", "inserted")
 
 
 def staged_statements(schema: str) -> tuple[sql.Composable, sql.Composable, sql.Composable, sql.Composable]:
@@ -281,3 +304,69 @@ def staged_statements(schema: str) -> tuple[sql.Composable, sql.Composable, sql.
             s=schema_id, channel=sql.Literal(NOTIFY_CHANNEL), limit=sql.Literal(MAX_NOTIFY_BYTES)
         ),
     )
+
+
+# -- the direct path: audit_events IDs allocated first, inserts without conflict checks --
+#
+# When no event of a batch is stored yet, which is the common case, the
+# inserts need neither ON CONFLICT nor RETURNING, and the NOTIFY payloads are
+# built from the stage. A stored event ID makes an insert fail with a unique
+# violation instead. The caller then rolls back to DIRECT_SAVEPOINT and writes
+# the batch with staged_statements(), which skip the stored events.
+
+DIRECT_SAVEPOINT = "dtc_audit_direct"
+
+# IDs come from the table's own sequence, so they interleave with rows that
+# other connections insert with the column default. The subquery with OFFSET 0
+# looks the sequence up once per statement instead of once per row.
+_ALLOCATE_IDS = """
+SELECT nextval(sequence)
+FROM (SELECT pg_get_serial_sequence(quote_ident({schema}) || '.audit_events', 'id')::regclass AS sequence OFFSET 0) AS s,
+    generate_series(1, {count})
+"""
+
+_DIRECT_AUDIT_EVENTS = """
+INSERT INTO {s}.audit_events (id, event_id, topic, source_table, row_id, status, payload, entity_ids, trace_id,
+    created_at)
+SELECT audit_id, event_id, topic, tbl, row_id, status, coalesce(summary, '{{}}'::jsonb),
+    coalesce(entity_ids, '{{}}'::jsonb), trace_id, occurred_at
+FROM pg_temp.dtc_audit_stage ORDER BY seq
+"""
+
+_STAGED_ROWS = """(
+    SELECT audit_id AS id, event_id, topic, tbl AS source_table, row_id, status,
+        coalesce(entity_ids, '{{}}'::jsonb) AS entity_ids
+    FROM pg_temp.dtc_audit_stage
+) AS staged"""
+
+
+def allocate_ids(schema: str, count: int) -> sql.Composable:
+    """Return the query that takes *count* IDs from the sequence of ``audit_events``."""
+    return sql.SQL(_ALLOCATE_IDS).format(schema=sql.Literal(schema), count=sql.Literal(count))
+
+
+def direct_statements(schema: str) -> tuple[sql.Composable, sql.Composable]:
+    """Return the direct write of a staged batch and the statement that undoes it after a unique violation.
+
+    The write is several statements in one query string: a savepoint, the
+    history and ``audit_events`` inserts, the savepoint's release, the NOTIFY
+    of every staged event in ID order, and the emptying of the stage. The
+    stage must have an ``audit_id`` in every row.
+    """
+    schema_id = sql.Identifier(schema)
+    savepoint = sql.Identifier(DIRECT_SAVEPOINT)
+    write = sql.SQL("; ").join(
+        [
+            sql.SQL("SAVEPOINT {}").format(savepoint),
+            sql.SQL(_JOB_EVENTS_INSERT).format(s=schema_id),
+            sql.SQL(_DIRECT_AUDIT_EVENTS).format(s=schema_id),
+            sql.SQL("RELEASE SAVEPOINT {}").format(savepoint),
+            sql.SQL(_ANNOUNCE.replace("{rows}", _STAGED_ROWS)).format(
+                channel=sql.Literal(NOTIFY_CHANNEL), limit=sql.Literal(MAX_NOTIFY_BYTES)
+            ),
+            CLEAR_STAGE,
+        ]
+    )
+    undo = sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(savepoint)
+
+    return write, undo

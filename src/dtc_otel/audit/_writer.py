@@ -31,6 +31,7 @@ from typing import Any
 import psycopg
 from opentelemetry import context as otel_context
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
+from psycopg import errors, pq, sql
 from tenacity import wait_exponential
 
 from dtc_otel._ratelimit import log_once_per_interval
@@ -39,6 +40,8 @@ from dtc_otel.audit._sql import (
     CLEAR_STAGE,
     COPY_STAGE,
     CREATE_STAGE,
+    allocate_ids,
+    direct_statements,
     event_statements,
     stage_row,
     staged_statements,
@@ -96,15 +99,31 @@ def write_batch(conn: psycopg.Connection[Any], schema: str, events: list[AuditEv
     faster than a statement per event. Returns the number of ``audit_events``
     rows inserted: events already written (same event ID) are neither
     inserted nor announced again.
+
+    Inside a transaction block, the history and ``audit_events`` rows are
+    first inserted without conflict checks, under a savepoint (see
+    ``direct_statements``). When an event of the batch is stored already, the
+    savepoint is rolled back and the batch is written again with the checks.
     """
+    if not events:
+        return 0
+
     single_upsert, multi_upsert, job_history, announce = staged_statements(schema)
     jobs = Counter(e.row_id for e in events if e.table == "job_queue" and not e.data.get("row_written"))
+    # A savepoint needs a transaction block, which psycopg opens unless the
+    # connection is in autocommit mode.
+    direct = not conn.autocommit or conn.info.transaction_status == pq.TransactionStatus.INTRANS
     with conn.cursor() as cursor:
-        cursor.execute(CREATE_STAGE)
-        cursor.execute(CLEAR_STAGE)
+        if direct:
+            # The cursor is left on the first result of several statements, so the IDs come first.
+            cursor.execute(sql.SQL("; ").join([allocate_ids(schema, len(events)), CREATE_STAGE, CLEAR_STAGE]))
+            audit_ids: list[int | None] = sorted(row[0] for row in cursor.fetchall())
+        else:
+            cursor.execute(sql.SQL("; ").join([CREATE_STAGE, CLEAR_STAGE]))
+            audit_ids = [None] * len(events)
         with cursor.copy(COPY_STAGE) as copy:
-            for seq, event in enumerate(events):
-                copy.write_row(stage_row(seq, event, jobs.get(event.row_id, 0) <= 1))
+            for seq, (event, audit_id) in enumerate(zip(events, audit_ids)):
+                copy.write_row(stage_row(seq, event, jobs.get(event.row_id, 0) <= 1, audit_id))
 
         # Rarer tables (webhooks, markers, checkpoints) keep a statement per event.
         for statement, rows in event_statements(schema, [e for e in events if e.table != "job_queue"]):
@@ -114,11 +133,33 @@ def write_batch(conn: psycopg.Connection[Any], schema: str, events: list[AuditEv
                 cursor.execute(single_upsert)
             if any(count > 1 for count in jobs.values()):
                 cursor.execute(multi_upsert)
+        if direct and _write_direct(cursor, schema):
+            return len(events)
+
+        if jobs:
             cursor.execute(job_history)
         row = cursor.execute(announce).fetchone()
         cursor.execute(CLEAR_STAGE)
 
     return int(row[0]) if row else 0
+
+
+def _write_direct(cursor: psycopg.Cursor[Any], schema: str) -> bool:
+    """Insert and announce the staged batch without conflict checks.
+
+    Returns False, with the savepoint rolled back, when an event of the batch is stored already.
+    """
+    write, undo = direct_statements(schema)
+    try:
+        cursor.execute(write)
+    except errors.UniqueViolation as exc:
+        # A replay: a batch written before the connection dropped, the spool,
+        # or record() called twice with one event.
+        cursor.execute(undo)
+        _logger.debug("audit batch contains stored events, so it is written with conflict checks: %s", exc.diag.message_detail)
+        return False
+
+    return True
 
 
 class AuditWriter:
