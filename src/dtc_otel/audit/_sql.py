@@ -1,8 +1,10 @@
 """The SQL that writes audit events, shared by the background writer and ``record(conn, ...)``.
 
-Every statement is idempotent on the event ID or the row's own key, and a row
-is only moved forward in time, so replaying events after a crash or from the
-spool never duplicates or rolls back anything.
+Every write is idempotent on the event ID or the row's own key, and a row is
+only moved forward in time, so replaying events after a crash or from the
+spool never duplicates or rolls back anything. The direct inserts below get
+there by failing on a stored event ID, after which the batch is written again
+with the staged statements, which skip it.
 """
 
 from __future__ import annotations
