@@ -341,6 +341,8 @@ class TestBatchWrite:
             ).fetchone()[0]
 
         batch_ids = [row[0] for row in _rows(audit_db, f"SELECT id FROM {SCHEMA}.audit_events WHERE source_table = 'job_queue'")]
+        sequence = _rows(audit_db, "SELECT pg_get_serial_sequence(%s, 'id')", f"{SCHEMA}.audit_events")[0][0]
+        assert sequence == f"{SCHEMA}.audit_events_id_seq"
         assert next_id > max(batch_ids)
 
     def test_oversized_notify_payload_sent_by_reference(self, audit_db) -> None:
