@@ -491,3 +491,34 @@ def test_record_traced_as_one_span(audit_db) -> None:
     assert record_span.attributes["dtc.audit.events"] == 1
     assert record_span.attributes["dtc.audit.new_events"] == 1
     assert not [span for span in spans if span.parent is not None and span.parent.span_id == record_span.context.span_id]
+
+
+def test_record_on_autocommit_connection(audit_db) -> None:
+    """record() on an autocommit connection, outside any transaction, still writes and announces its rows."""
+    job_id = str(uuid.uuid4())
+    listener = Listener(audit_db)
+    with psycopg.connect(audit_db, autocommit=True) as conn:
+        written = audit.record(conn, AuditEvent(table="job_queue", row_id=job_id, status="pending", data={"kind": "k", "transition": "enqueued"}))
+
+    notes = listener.collect(1)
+    listener.close()
+    assert written == 1
+    assert _rows(audit_db, f"SELECT status FROM {SCHEMA}.job_queue WHERE job_id = %s", job_id) == [("pending",)]
+    assert _rows(audit_db, f"SELECT count(*) FROM {SCHEMA}.job_events WHERE job_id = %s", job_id) == [(1,)]
+    assert [note["row_id"] for note in notes] == [job_id]
+
+
+def test_arecord_on_autocommit_connection(audit_db) -> None:
+    """arecord() on an autocommit async connection writes its rows too."""
+    import asyncio
+
+    job_id = str(uuid.uuid4())
+
+    async def write() -> int:
+        async with await psycopg.AsyncConnection.connect(audit_db, autocommit=True) as conn:
+            return await audit.arecord(
+                conn, AuditEvent(table="job_queue", row_id=job_id, status="pending", data={"kind": "k", "transition": "enqueued"})
+            )
+
+    assert asyncio.run(write()) == 1
+    assert _rows(audit_db, f"SELECT count(*) FROM {SCHEMA}.job_events WHERE job_id = %s", job_id) == [(1,)]

@@ -14,6 +14,7 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
+from psycopg import pq
 
 from dtc_otel.audit._events import AuditEvent
 from dtc_otel.audit._sql import CLEAR_STAGE, COPY_STAGE, CREATE_STAGE, event_statements, stage_row, staged_statements
@@ -21,6 +22,13 @@ from dtc_otel.audit._state import audit_state
 from dtc_otel.audit._writer import write_batch
 
 __all__ = ["arecord", "record"]
+
+
+def _outside_transaction(conn: Any) -> bool:
+    # In autocommit mode each statement commits on its own, and the stage
+    # (ON COMMIT DELETE ROWS) would be empty again before the rows are
+    # written from it: such a call gets a transaction of its own.
+    return bool(conn.autocommit) and conn.info.transaction_status == pq.TransactionStatus.IDLE
 
 
 @contextmanager
@@ -39,7 +47,11 @@ def record(conn: Any, *events: AuditEvent) -> int:
     Returns how many events were new (an event ID seen before is skipped).
     """
     with _record_span(len(events)) as span:
-        written = write_batch(conn, audit_state.schema, list(events))
+        if _outside_transaction(conn):
+            with conn.transaction():
+                written = write_batch(conn, audit_state.schema, list(events))
+        else:
+            written = write_batch(conn, audit_state.schema, list(events))
         span.set_attribute("dtc.audit.new_events", written)
 
     return written
@@ -48,7 +60,11 @@ def record(conn: Any, *events: AuditEvent) -> int:
 async def arecord(conn: Any, *events: AuditEvent) -> int:
     """Write *events* on the async psycopg connection *conn*, in its current transaction."""
     with _record_span(len(events)) as span:
-        written = await _arecord(conn, list(events))
+        if _outside_transaction(conn):
+            async with conn.transaction():
+                written = await _arecord(conn, list(events))
+        else:
+            written = await _arecord(conn, list(events))
         span.set_attribute("dtc.audit.new_events", written)
 
     return written
