@@ -182,3 +182,23 @@ def test_audit_connections_setting() -> None:
     """DTC_OTEL_AUDIT_CONNECTIONS sets the writer's connection count, and unset means two."""
     assert load_settings({}).audit_connections == 2
     assert load_settings({"DTC_OTEL_AUDIT_CONNECTIONS": " 1 "}).audit_connections == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "off until DTC_OTEL_DATABASE_URL is set"),
+        ({"DTC_OTEL_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/portal"}, "on,"),
+        ({"DTC_OTEL_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/portal", "DTC_OTEL_AUDIT": "false"}, "off (DTC_OTEL_AUDIT=false)"),
+    ],
+)
+def test_config_shows_audit_state(env: dict[str, str], expected: str) -> None:
+    """dtc-otel config says whether the audit trail is on, and what it waits for when it is not."""
+    import os
+
+    result = subprocess.run(
+        [str(BIN / "dtc-otel"), "config"], env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=True
+    )
+    line = next(line for line in result.stdout.splitlines() if line.startswith("audit trail"))
+
+    assert expected in line

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from dtc_otel._cli_audit import add_audit_commands
 from dtc_otel._cli_live import add_live_commands
-from dtc_otel._config import ConfigError, load_settings
+from dtc_otel._config import ConfigError, Settings, load_settings
 from dtc_otel._export import build_exporters
 from dtc_otel._service_name import default_service_name
 from dtc_otel._version import __version__
@@ -77,6 +77,16 @@ def run(argv: Sequence[str] | None = None) -> None:
     bootstrap_run()
 
 
+def _audit_state(settings: Settings) -> str:
+    detail = f"schema {settings.audit_schema}, writer connections {settings.audit_connections}"
+    if not settings.audit:
+        return f"off (DTC_OTEL_AUDIT=false), {detail}"
+    if not settings.database_url:
+        return f"off until DTC_OTEL_DATABASE_URL is set, {detail}"
+
+    return f"on, {detail}"
+
+
 def _cmd_config(_: argparse.Namespace) -> int:
     try:
         settings = load_settings()
@@ -114,7 +124,7 @@ def _cmd_config(_: argparse.Namespace) -> int:
         ("never propagate to", ", ".join(settings.no_propagate_hosts) or "none"),
         ("partners", ", ".join(f"{name}={pattern}" for name, pattern in settings.partners) or "none"),
         ("baggage keys", ", ".join(sorted(settings.baggage_keys)) or "none"),
-        ("audit trail", f"{settings.audit}, schema {settings.audit_schema}, writer connections {settings.audit_connections}"),
+        ("audit trail", _audit_state(settings)),
         ("database", repr(settings).split("database_url=", 1)[1].rstrip(")")),
     ]
     width = max(len(name) for name, _ in rows)
