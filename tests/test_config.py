@@ -193,7 +193,7 @@ def test_audit_connections_setting() -> None:
     ],
 )
 def test_config_shows_audit_state(env: dict[str, str], expected: str) -> None:
-    """dtc-otel config says whether the audit trail is on, and what it waits for when it is not."""
+    """dtc-otel config prints whether the audit trail is on, and what it waits for when it is not."""
     import os
 
     result = subprocess.run(
