@@ -68,9 +68,7 @@ def add_trace_ids(
         if not context.is_valid:
             return event_dict
         entry = (span, context.trace_id.to_bytes(16, "big").hex(), context.span_id.to_bytes(8, "big").hex())
-        if len(_ids) >= _ID_CACHE_SIZE:
-            _ids.clear()
-        _ids[id(span)] = entry
+        remember_ids(*entry)
 
     event_dict["trace_id"] = entry[1]
     event_dict["span_id"] = entry[2]
@@ -198,8 +196,8 @@ def _renderer(log_format: str) -> Any:
 
 
 def _render_json(event_dict: Any, **options: Any) -> str:
-    # structlog passes its own default= handler; dumps writes what JSON has
-    # no type for as str(value) instead.
+    # structlog passes its own default= handler, which is ignored: dumps
+    # writes what JSON has no type for as str(value).
     return dumps(event_dict)
 
 

@@ -99,7 +99,7 @@ class DirectAttributes:
 
 
 def put_attributes(span: Any, attributes: Mapping[str, str | int]) -> None:
-    """Add *attributes* (strings and integers only) to *span*, directly where the span's limits allow."""
+    """Add *attributes* (strings and integers, which the SDK stores unchanged) to *span*, directly where its limits allow."""
     bounded = getattr(span, "_attributes", None)
     if (
         type(bounded) is BoundedAttributes

@@ -19,7 +19,7 @@ from opentelemetry.trace import Link, Status
 from dtc_otel._otlp_encoder import EncodedSpan, plain_items, span_attributes, span_sequence
 from dtc_otel._redaction import MASK, Redactor, default_redactor, on_default_change
 
-__all__ = ["SpanMasker", "mask_attribute", "redact_span", "redact_spans"]
+__all__ = ["SpanMasker", "mask_attribute", "redact_spans"]
 
 
 # Results for short string attributes by (key, value): methods, paths, hosts
@@ -86,7 +86,7 @@ def mask_attribute(redactor: Redactor, key: str, value: Any) -> Any:
 class SpanMasker:
     """The masking :func:`dtc_otel._otlp_encoder.encode_span` applies while it encodes a span.
 
-    Its results equal :func:`redact_span`'s for every attribute, event, link
+    Its results equal :func:`redact_spans`'s for every attribute, event, link
     and status description. Without a *redactor*, each call uses the default
     redactor in force at that moment.
     """
@@ -146,11 +146,6 @@ def _redact_span(redactor: Redactor, span: ReadableSpan) -> ReadableSpan:
         end_time=span.end_time,
         instrumentation_scope=span.instrumentation_scope,
     )
-
-
-def redact_span(span: ReadableSpan, redactor: Redactor | None = None) -> ReadableSpan:
-    """Return *span* with secrets masked, or *span* itself when nothing needs a mask."""
-    return _redact_span(redactor or default_redactor(), span)
 
 
 def redact_spans(spans: Sequence[Any], redactor: Redactor | None = None) -> list[Any]:

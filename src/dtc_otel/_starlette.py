@@ -290,11 +290,7 @@ class ServerSpanMiddleware:
                 span.set_status(Status(StatusCode.ERROR))
         if error_type is not None:
             attributes["error.type"] = error_type
-        if type(status_code) is int:
-            put_attributes(span, attributes)
-        else:
-            # put_attributes takes plain values only; an HTTPStatus takes the SDK's path.
-            span.set_attributes(attributes)
+        put_attributes(span, attributes)
         span.end()
 
 

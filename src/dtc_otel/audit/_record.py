@@ -25,9 +25,8 @@ __all__ = ["arecord", "record"]
 
 
 def _outside_transaction(conn: Any) -> bool:
-    # In autocommit mode each statement commits on its own, and the stage
-    # (ON COMMIT DELETE ROWS) would be empty again before the rows are
-    # written from it: such a call gets a transaction of its own.
+    # As in write_batch: in autocommit mode each statement would commit on its
+    # own and empty the stage before the rows are written from it.
     return bool(conn.autocommit) and conn.info.transaction_status == pq.TransactionStatus.IDLE
 
 
@@ -47,11 +46,7 @@ def record(conn: Any, *events: AuditEvent) -> int:
     Returns how many events were new (an event ID seen before is skipped).
     """
     with _record_span(len(events)) as span:
-        if _outside_transaction(conn):
-            with conn.transaction():
-                written = write_batch(conn, audit_state.schema, list(events))
-        else:
-            written = write_batch(conn, audit_state.schema, list(events))
+        written = write_batch(conn, audit_state.schema, list(events))
         span.set_attribute("dtc.audit.new_events", written)
 
     return written

@@ -100,27 +100,32 @@ def write_batch(conn: psycopg.Connection[Any], schema: str, events: list[AuditEv
     rows inserted: events already written (same event ID) are neither
     inserted nor announced again.
 
-    Inside a transaction block, the history and ``audit_events`` rows are
-    first inserted without conflict checks, under a savepoint (see
-    ``direct_statements``). When an event of the batch is stored already, the
-    savepoint is rolled back and the batch is written again with the checks.
+    The history and ``audit_events`` rows are first inserted without
+    conflict checks, under a savepoint (see ``direct_statements``). When an
+    event of the batch is stored already, the savepoint is rolled back and
+    the batch is written again with the checks. On an autocommit connection
+    outside a transaction, the batch gets a transaction of its own.
     """
     if not events:
         return 0
+    if conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+        # Each statement would commit on its own, and the stage (ON COMMIT
+        # DELETE ROWS) would be empty again before the rows are written from it.
+        with conn.transaction():
+            return _write_staged(conn, schema, events)
 
+    return _write_staged(conn, schema, events)
+
+
+def _write_staged(conn: psycopg.Connection[Any], schema: str, events: list[AuditEvent]) -> int:
     single_upsert, multi_upsert, job_history, announce = staged_statements(schema)
     jobs = Counter(e.row_id for e in events if e.table == "job_queue" and not e.data.get("row_written"))
-    # A savepoint needs a transaction block, which psycopg opens unless the
-    # connection is in autocommit mode.
-    direct = not conn.autocommit or conn.info.transaction_status == pq.TransactionStatus.INTRANS
     with conn.cursor() as cursor:
-        if direct:
-            # The cursor is left on the first result of several statements, so the IDs come first.
-            cursor.execute(sql.SQL("; ").join([allocate_ids(schema, len(events)), CREATE_STAGE, CLEAR_STAGE]))
-            audit_ids: list[int | None] = sorted(row[0] for row in cursor.fetchall())
-        else:
-            cursor.execute(sql.SQL("; ").join([CREATE_STAGE, CLEAR_STAGE]))
-            audit_ids = [None] * len(events)
+        # The cursor is left on the first result of several statements, so the IDs come first.
+        # NOTE: IDs are taken when the batch starts, so another lane can commit a higher ID
+        # earlier. The live catch-up's reread_span (1,000 IDs) is what covers that gap.
+        cursor.execute(sql.SQL("; ").join([allocate_ids(schema, len(events)), CREATE_STAGE, CLEAR_STAGE]))
+        audit_ids = sorted(row[0] for row in cursor.fetchall())
         with cursor.copy(COPY_STAGE) as copy:
             for seq, (event, audit_id) in enumerate(zip(events, audit_ids)):
                 copy.write_row(stage_row(seq, event, jobs.get(event.row_id, 0) <= 1, audit_id))
@@ -133,7 +138,7 @@ def write_batch(conn: psycopg.Connection[Any], schema: str, events: list[AuditEv
                 cursor.execute(single_upsert)
             if any(count > 1 for count in jobs.values()):
                 cursor.execute(multi_upsert)
-        if direct and _write_direct(cursor, schema):
+        if _write_direct(cursor, schema):
             return len(events)
 
         if jobs:
