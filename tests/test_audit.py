@@ -286,7 +286,7 @@ class TestBatchWrite:
         assert _rows(audit_db, f"SELECT count(*) FROM {SCHEMA}.job_events")[0][0] == 2
         assert _rows(audit_db, f"SELECT status FROM {SCHEMA}.job_queue WHERE job_id = %s", job_id) == [("running",)]
 
-    def test_partly_stored_batch_announces_only_new_events(self, audit_db) -> None:
+    def test_partly_stored_batch_announces_new(self, audit_db) -> None:
         """A batch with stored and new events writes and announces each new one once, in ID order."""
         stored = [_job_event(str(uuid.uuid4()), "pending", "enqueued", n) for n in range(3)]
         fresh = [_job_event(str(uuid.uuid4()), "pending", "enqueued", n) for n in range(3, 6)]
@@ -345,7 +345,7 @@ class TestBatchWrite:
         assert sequence == f"{SCHEMA}.audit_events_id_seq"
         assert next_id > max(batch_ids)
 
-    def test_oversized_notify_payload_sent_by_reference(self, audit_db) -> None:
+    def test_oversized_notify_sent_by_reference(self, audit_db) -> None:
         """A batch event whose payload would pass the NOTIFY limit is announced by ID only."""
         entities = {f"customer{n}_id": n for n in range(600)}
         event = AuditEvent(table="checkpoints", row_id="rates", status="saved", data={"position": 1}, entity_ids=entities)
@@ -468,7 +468,7 @@ def test_writer_health_exported_as_metrics(tmp_path) -> None:
 
 
 def test_record_traced_as_one_span(audit_db) -> None:
-    """record() in a request shows as one span; its own SQL statements are not traced one by one."""
+    """record() in a request shows as one span, and its own SQL statements get no spans of their own."""
     from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
     instrumentor = PsycopgInstrumentor()

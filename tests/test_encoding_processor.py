@@ -24,7 +24,7 @@ def _provider(receiver) -> tuple[TracerProvider, GuardedExporter]:
 
 
 def test_encoded_spans_arrive_masked(receiver) -> None:
-    """Encoded at span end: IDs, parent, attributes, events and status arrive; a secret is masked first."""
+    """Encoded at span end, IDs, parent, attributes, events and status arrive, with a secret masked first."""
     provider, _ = _provider(receiver)
     tracer = provider.get_tracer("encoding.test")
     with tracer.start_as_current_span("outer", kind=SpanKind.SERVER, attributes={"quote_id": 44}) as outer:

@@ -1,9 +1,9 @@
 """Compact JSON text for audit rows and log lines.
 
 orjson encodes a small dict in about a tenth of the time the standard library
-takes (measured with benchmarks/audit_writer.py), and the audit writer encodes
-two or three per event; every request writes an access line and usually an
-app line. Values that orjson rejects, such as integers wider than 64
+takes (measured with benchmarks/audit_writer.py). The audit writer encodes
+two or three per event, and every request writes an access line and usually
+an app line. Values that orjson rejects, such as integers wider than 64
 bits, fall back to the standard library. Both write values that JSON has no
 type for as ``str(value)``. The exceptions: orjson writes dates and times in
 ISO 8601, and NaN as ``null``, because PostgreSQL's ``jsonb`` rejects ``NaN``.

@@ -153,10 +153,10 @@ def span_sequence(span: Any, private: str, public: str) -> Any:
 
 
 class Masker(Protocol):
-    """Masks secrets in a span's attribute values and texts as it is encoded.
+    """Object that masks secrets in a span's attribute values and texts while the span is encoded.
 
     ``pairs`` caches encoded fields of masked values for this masker, by field
-    number, key and original value; the encoder empties it when full.
+    number, key and original value. The encoder empties it when full.
     """
 
     pairs: dict[tuple[int, str, Any], bytes]

@@ -319,9 +319,9 @@ def staged_statements(schema: str) -> tuple[sql.Composable, sql.Composable, sql.
 DIRECT_SAVEPOINT = "dtc_audit_direct"
 
 # IDs come from the table's own sequence, so they interleave with rows that
-# other connections insert with the column default. The sequence has the name
-# that bigserial gives it in migrations/0001_audit_tables.sql, because looking
-# it up with pg_get_serial_sequence() added about 65 us to every batch
+# other connections insert with the column default. The sequence's name, the
+# one bigserial gives it in migrations/0001_audit_tables.sql, is written out:
+# looking it up with pg_get_serial_sequence() added about 65 us to every batch
 # (measured against a local PostgreSQL 15).
 _ALLOCATE_IDS = "SELECT nextval({sequence}::regclass) FROM generate_series(1, {count})"
 
