@@ -24,7 +24,8 @@ from dtc_otel.audit._events import NOTIFY_CHANNEL, AuditEvent
 from dtc_otel.audit._schema import apply_migrations, load_migrations, render_migrations
 from dtc_otel.audit._sql import MAX_NOTIFY_BYTES, notify_payload
 from dtc_otel.audit._state import audit_state
-from dtc_otel.audit._writer import AuditWriter, write_batch
+from dtc_otel.audit._batch import write_batch, write_transaction
+from dtc_otel.audit._writer import AuditWriter
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "audit.md"
 SCHEMA = "dtc_audit"
@@ -255,14 +256,47 @@ def _job_event(job_id: str, status: str, transition: str, quote_id: int) -> Audi
 
 
 def _write_in_transaction(url: str, events: list[AuditEvent]) -> int:
-    """Write *events* as the background writer does: one batch, one transaction."""
+    """Write *events* as one batch in a transaction of the caller's, as record() does."""
     with psycopg.connect(url) as conn:
         with conn.transaction():
             return write_batch(conn, SCHEMA, events)
 
 
+def _write_own_transaction(url: str, events: list[AuditEvent]) -> int:
+    """Write *events* as the background writer does: one batch, in a transaction write_transaction() commits."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        written = write_transaction(conn, SCHEMA, events)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        return written
+
+
+@pytest.fixture(params=[_write_in_transaction, _write_own_transaction], ids=["caller_transaction", "own_transaction"])
+def write_events(request):
+    return request.param
+
+
 class TestBatchWrite:
-    def test_replayed_batch_written_once(self, audit_db, caplog) -> None:
+    def test_own_transaction_needs_autocommit(self, audit_db) -> None:
+        """write_transaction() on a connection that is already in a transaction refuses and names the alternative."""
+        with psycopg.connect(audit_db) as conn:
+            conn.execute("SELECT 1")
+            with pytest.raises(psycopg.ProgrammingError, match="autocommit connection outside a transaction.*write_batch"):
+                write_transaction(conn, SCHEMA, [_job_event(str(uuid.uuid4()), "pending", "enqueued", 1)])
+
+    def test_own_transaction_rolled_back_on_error(self, audit_db) -> None:
+        """A batch PostgreSQL rejects leaves no rows and a connection ready for the next batch."""
+        bad = AuditEvent(table="job_queue", row_id=str(uuid.uuid4()), status="stalled", data={"kind": "k", "transition": "enqueued"})
+        good = _job_event(str(uuid.uuid4()), "pending", "enqueued", 2)
+        with psycopg.connect(audit_db, autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.CheckViolation):
+                write_transaction(conn, SCHEMA, [good, bad])
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            assert write_transaction(conn, SCHEMA, [good]) == 1
+
+        assert _rows(audit_db, f"SELECT event_id::text FROM {SCHEMA}.audit_events") == [(good.event_id,)]
+        assert _rows(audit_db, f"SELECT count(*) FROM {SCHEMA}.job_queue")[0][0] == 1
+
+    def test_replayed_batch_written_once(self, audit_db, caplog, write_events) -> None:
         """A batch written twice: the second write falls back to conflict checks, adding no rows and no NOTIFY."""
         job_id = str(uuid.uuid4())
         events = [
@@ -272,10 +306,10 @@ class TestBatchWrite:
         ]
         listener = Listener(audit_db)
 
-        assert _write_in_transaction(audit_db, events) == 3
+        assert write_events(audit_db, events) == 3
         first_notes = listener.collect(3)
         with caplog.at_level(logging.DEBUG, logger="dtc_otel.audit"):
-            assert _write_in_transaction(audit_db, events) == 0
+            assert write_events(audit_db, events) == 0
         replay_notes = listener.collect(1, timeout=1.0)
         listener.close()
 
@@ -286,14 +320,14 @@ class TestBatchWrite:
         assert _rows(audit_db, f"SELECT count(*) FROM {SCHEMA}.job_events")[0][0] == 2
         assert _rows(audit_db, f"SELECT status FROM {SCHEMA}.job_queue WHERE job_id = %s", job_id) == [("running",)]
 
-    def test_partly_stored_batch_announces_new(self, audit_db) -> None:
+    def test_partly_stored_batch_announces_new(self, audit_db, write_events) -> None:
         """A batch with stored and new events writes and announces each new one once, in ID order."""
         stored = [_job_event(str(uuid.uuid4()), "pending", "enqueued", n) for n in range(3)]
         fresh = [_job_event(str(uuid.uuid4()), "pending", "enqueued", n) for n in range(3, 6)]
-        assert _write_in_transaction(audit_db, stored) == 3
+        assert write_events(audit_db, stored) == 3
         listener = Listener(audit_db)
 
-        written = _write_in_transaction(audit_db, [stored[0], fresh[0], stored[1], fresh[1], fresh[2], stored[2]])
+        written = write_events(audit_db, [stored[0], fresh[0], stored[1], fresh[1], fresh[2], stored[2]])
         notes = listener.collect(4, timeout=2.0)
         listener.close()
 
@@ -303,13 +337,13 @@ class TestBatchWrite:
         assert _rows(audit_db, f"SELECT count(*) FROM {SCHEMA}.audit_events")[0][0] == 6
         assert _rows(audit_db, f"SELECT count(*) FROM {SCHEMA}.job_events")[0][0] == 6
 
-    def test_notify_follows_id_order(self, audit_db) -> None:
+    def test_notify_follows_id_order(self, audit_db, write_events) -> None:
         """Each NOTIFY of a batch carries its row's ID and fields, in the order of the batch and of the IDs."""
         events = [_job_event(str(uuid.uuid4()), "pending", "enqueued", n) for n in range(20)]
         events.insert(5, AuditEvent(table="checkpoints", row_id="rates", status="saved", data={"position": 1}))
         listener = Listener(audit_db)
 
-        assert _write_in_transaction(audit_db, events) == len(events)
+        assert write_events(audit_db, events) == len(events)
         notes = listener.collect(len(events))
         listener.close()
 
@@ -330,10 +364,10 @@ class TestBatchWrite:
         ]
         assert notes == expected
 
-    def test_ids_shared_with_default_inserts(self, audit_db) -> None:
+    def test_ids_shared_with_default_inserts(self, audit_db, write_events) -> None:
         """IDs allocated for a batch come from the table's sequence, so a later default insert follows them."""
         events = [_job_event(str(uuid.uuid4()), "pending", "enqueued", n) for n in range(10)]
-        _write_in_transaction(audit_db, events)
+        write_events(audit_db, events)
         with psycopg.connect(audit_db) as conn:
             next_id = conn.execute(
                 f"INSERT INTO {SCHEMA}.audit_events (event_id, topic, source_table, row_id) "
@@ -345,13 +379,13 @@ class TestBatchWrite:
         assert sequence == f"{SCHEMA}.audit_events_id_seq"
         assert next_id > max(batch_ids)
 
-    def test_oversized_notify_sent_by_reference(self, audit_db) -> None:
+    def test_oversized_notify_sent_by_reference(self, audit_db, write_events) -> None:
         """A batch event whose payload would pass the NOTIFY limit is announced by ID only."""
         entities = {f"customer{n}_id": n for n in range(600)}
         event = AuditEvent(table="checkpoints", row_id="rates", status="saved", data={"position": 1}, entity_ids=entities)
         listener = Listener(audit_db)
 
-        _write_in_transaction(audit_db, [event])
+        write_events(audit_db, [event])
         notes = listener.collect(1)
         listener.close()
 

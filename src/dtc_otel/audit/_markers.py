@@ -12,7 +12,7 @@ from dtc_otel._entities import bound_entities
 from dtc_otel._redaction import redact
 from dtc_otel.audit._events import AuditEvent
 from dtc_otel.audit._state import audit_state
-from dtc_otel.audit._writer import write_batch
+from dtc_otel.audit._batch import write_batch
 
 __all__ = ["amark_once", "aread_checkpoint", "asave_checkpoint", "mark_once", "read_checkpoint", "save_checkpoint"]
 

@@ -19,7 +19,7 @@ from psycopg import pq
 from dtc_otel.audit._events import AuditEvent
 from dtc_otel.audit._sql import CLEAR_STAGE, COPY_STAGE, CREATE_STAGE, event_statements, stage_row, staged_statements
 from dtc_otel.audit._state import audit_state
-from dtc_otel.audit._writer import write_batch
+from dtc_otel.audit._batch import write_batch
 
 __all__ = ["arecord", "record"]
 

@@ -26,7 +26,7 @@ from dtc_otel._redaction import redact
 from dtc_otel.audit._events import AuditEvent
 from dtc_otel.audit._state import audit_state
 from dtc_otel.audit._verifiers import VerificationResult, WebhookVerifier
-from dtc_otel.audit._writer import write_batch
+from dtc_otel.audit._batch import write_batch
 
 __all__ = ["WebhookDelivery", "WebhookReceiver", "stored_headers"]
 

@@ -16,7 +16,6 @@ dropped) leaves one row.
 from __future__ import annotations
 
 import collections
-from collections import Counter
 import json
 import logging
 import os
@@ -31,23 +30,13 @@ from typing import Any
 import psycopg
 from opentelemetry import context as otel_context
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
-from psycopg import errors, pq, sql
 from tenacity import wait_exponential
 
 from dtc_otel._ratelimit import log_once_per_interval
+from dtc_otel.audit._batch import write_transaction
 from dtc_otel.audit._events import AuditEvent
-from dtc_otel.audit._sql import (
-    CLEAR_STAGE,
-    COPY_STAGE,
-    CREATE_STAGE,
-    allocate_ids,
-    direct_statements,
-    event_statements,
-    stage_row,
-    staged_statements,
-)
 
-__all__ = ["AuditWriter", "WriterStats", "write_batch"]
+__all__ = ["AuditWriter", "WriterStats"]
 
 _logger = logging.getLogger("dtc_otel.audit")
 
@@ -89,82 +78,6 @@ class WriterStats:
             "dropped": self.dropped,
             "connected": self.connected,
         }
-
-
-def write_batch(conn: psycopg.Connection[Any], schema: str, events: list[AuditEvent]) -> int:
-    """Write *events* and announce the new ones, inside the caller's transaction.
-
-    The events are copied into a temporary stage table with COPY, then each
-    table is written by one set-based statement, which is several times
-    faster than a statement per event. Returns the number of ``audit_events``
-    rows inserted: events already written (same event ID) are neither
-    inserted nor announced again.
-
-    The history and ``audit_events`` rows are first inserted without
-    conflict checks, under a savepoint (see ``direct_statements``). When an
-    event of the batch is stored already, the savepoint is rolled back and
-    the batch is written again with the checks. On an autocommit connection
-    outside a transaction, the batch gets a transaction of its own.
-    """
-    if not events:
-        return 0
-    if conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE:
-        # Each statement would commit on its own, and the stage (ON COMMIT
-        # DELETE ROWS) would be empty again before the rows are written from it.
-        with conn.transaction():
-            return _write_staged(conn, schema, events)
-
-    return _write_staged(conn, schema, events)
-
-
-def _write_staged(conn: psycopg.Connection[Any], schema: str, events: list[AuditEvent]) -> int:
-    single_upsert, multi_upsert, job_history, announce = staged_statements(schema)
-    jobs = Counter(e.row_id for e in events if e.table == "job_queue" and not e.data.get("row_written"))
-    with conn.cursor() as cursor:
-        # The cursor is left on the first result of several statements, so the IDs come first.
-        # NOTE: IDs are taken when the batch starts, so another lane can commit a higher ID
-        # earlier. The live catch-up's reread_span (1,000 IDs) is what covers that gap.
-        cursor.execute(sql.SQL("; ").join([allocate_ids(schema, len(events)), CREATE_STAGE, CLEAR_STAGE]))
-        audit_ids = sorted(row[0] for row in cursor.fetchall())
-        with cursor.copy(COPY_STAGE) as copy:
-            for seq, (event, audit_id) in enumerate(zip(events, audit_ids)):
-                copy.write_row(stage_row(seq, event, jobs.get(event.row_id, 0) <= 1, audit_id))
-
-        # Rarer tables (webhooks, markers, checkpoints) keep a statement per event.
-        for statement, rows in event_statements(schema, [e for e in events if e.table != "job_queue"]):
-            cursor.executemany(statement, rows)
-        if jobs:
-            if any(count == 1 for count in jobs.values()):
-                cursor.execute(single_upsert)
-            if any(count > 1 for count in jobs.values()):
-                cursor.execute(multi_upsert)
-        if _write_direct(cursor, schema):
-            return len(events)
-
-        if jobs:
-            cursor.execute(job_history)
-        row = cursor.execute(announce).fetchone()
-        cursor.execute(CLEAR_STAGE)
-
-    return int(row[0]) if row else 0
-
-
-def _write_direct(cursor: psycopg.Cursor[Any], schema: str) -> bool:
-    """Insert and announce the staged batch without conflict checks.
-
-    Returns False, with the savepoint rolled back, when an event of the batch is stored already.
-    """
-    write, undo = direct_statements(schema)
-    try:
-        cursor.execute(write)
-    except errors.UniqueViolation as exc:
-        # A replay: a batch written before the connection dropped, the spool,
-        # or record() called twice with one event.
-        cursor.execute(undo)
-        _logger.debug("audit batch contains stored events, so it is written with conflict checks: %s", exc.diag.message_detail)
-        return False
-
-    return True
 
 
 class AuditWriter:
@@ -393,7 +306,10 @@ class AuditWriter:
 
     def _connection(self, lane: _Lane) -> psycopg.Connection[Any]:
         if lane.conn is None or lane.conn.closed:
-            lane.conn = psycopg.connect(self._url, connect_timeout=5, application_name="dtc-otel-audit-writer")
+            # Autocommit: write_transaction() sends BEGIN and COMMIT with its statements.
+            lane.conn = psycopg.connect(
+                self._url, autocommit=True, connect_timeout=5, application_name="dtc-otel-audit-writer"
+            )
             if not self.stats.connected:
                 _logger.info("audit writer connected to PostgreSQL")
             self.stats.connected = True
@@ -413,8 +329,7 @@ class AuditWriter:
     def _write(self, lane: _Lane, batch: list[AuditEvent]) -> None:
         started = time.perf_counter()
         conn = self._connection(lane)
-        with conn.transaction():
-            write_batch(conn, self._schema, batch)
+        write_transaction(conn, self._schema, batch)
         with self._stats_lock:
             self.stats.last_batch_ms = (time.perf_counter() - started) * 1000
             self.stats.last_batch_size = len(batch)
