@@ -8,6 +8,7 @@ import re
 import threading
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import psycopg
@@ -378,6 +379,27 @@ class TestBatchWrite:
         sequence = _rows(audit_db, "SELECT pg_get_serial_sequence(%s, 'id')", f"{SCHEMA}.audit_events")[0][0]
         assert sequence == f"{SCHEMA}.audit_events_id_seq"
         assert next_id > max(batch_ids)
+
+    def test_times_stored_to_the_microsecond(self, audit_db, write_events) -> None:
+        """The event's time and the job's start and finish times land in every table as given, to the microsecond."""
+        occurred, started, finished = 1764900000.123456, 1764899990.5, 1764899999.000001
+        event = AuditEvent(
+            table="job_queue",
+            row_id=str(uuid.uuid4()),
+            status="succeeded",
+            data={"kind": "k", "attempts": 1, "transition": "succeeded", "started_at": started, "finished_at": finished},
+            occurred_at=occurred,
+        )
+
+        write_events(audit_db, [event])
+
+        def at(epoch: float) -> datetime:
+            return datetime.fromtimestamp(epoch, tz=timezone.utc)
+
+        job = _rows(audit_db, f"SELECT created_at, updated_at, started_at, finished_at FROM {SCHEMA}.job_queue")
+        assert job == [(at(occurred), at(occurred), at(started), at(finished))]
+        assert _rows(audit_db, f"SELECT occurred_at FROM {SCHEMA}.job_events") == [(at(occurred),)]
+        assert _rows(audit_db, f"SELECT created_at FROM {SCHEMA}.audit_events") == [(at(occurred),)]
 
     def test_oversized_notify_sent_by_reference(self, audit_db, write_events) -> None:
         """A batch event whose payload would pass the NOTIFY limit is announced by ID only."""
