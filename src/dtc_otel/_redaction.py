@@ -95,11 +95,11 @@ _MIN_SCAN_LENGTH = 8
 _CACHED_TEXT_LENGTH = 128
 _TEXT_CACHE_SIZE = 4096
 # UUIDs and hex IDs contain no rule trigger, and a card number needs a run of
-# 13 digits. Cutting the text at every hex letter (into a byte that UTF-8 never
-# uses) and dropping dashes leaves only runs of digits when the text is such an
-# ID. Testing those runs cost a fifth of the trigger search here.
-_HEX_LETTERS_TO_CUT = bytes.maketrans(b"abcdefABCDEF", b"\xff" * 12)
-_CARD_MIN_DIGITS = 13
+# 13 digits. Deleting the hex letters and dashes leaves only digits when the
+# text is such an ID, and only 13 digits in a row once the dashes are gone
+# can be a card number. For a UUID this test costs about a third of a scan.
+_HEX_ID_CHARS = b"abcdefABCDEF-"
+_CARD_DIGITS = re.compile(rb"[0-9]{13}")
 # The triggers of the rules above as one pattern.
 _RULE_TRIGGERS = r"PRIVATE KEY|earer|asic\s|eyJ|[=:@]|_live_|_test_|whsec_|A[KSGIRNP][IPDONV]A|gh[pousr]_|github_pat_|xox|AIza"
 # Every trigger, plus digits for card numbers, in one search: most ordinary
@@ -115,9 +115,12 @@ _PLAIN_TYPES = frozenset({int, float, bool, type(None)})
 
 
 def _is_plain_hex_id(text: str) -> bool:
-    runs = text.encode("utf-8", "replace").translate(_HEX_LETTERS_TO_CUT, b"-").split(b"\xff")
-    digits = b"".join(runs)
-    return not digits or (digits.isdigit() and len(max(runs, key=len)) < _CARD_MIN_DIGITS)
+    raw = text.encode("utf-8", "replace")
+    digits = raw.translate(None, _HEX_ID_CHARS)
+    if digits and not digits.isdigit():
+        return False
+
+    return len(digits) < 13 or _CARD_DIGITS.search(raw.translate(None, b"-")) is None
 
 
 def _keep_prefix(match: re.Match[str]) -> str:
