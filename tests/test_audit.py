@@ -338,6 +338,27 @@ class TestBatchWrite:
         assert _rows(audit_db, f"SELECT count(*) FROM {SCHEMA}.audit_events")[0][0] == 6
         assert _rows(audit_db, f"SELECT count(*) FROM {SCHEMA}.job_events")[0][0] == 6
 
+    def test_job_enqueued_twice_updates_row(self, audit_db, write_events) -> None:
+        """A job ID enqueued again in a later batch updates its row and adds history, as the checked upsert does."""
+        job_id = str(uuid.uuid4())
+        first = _job_event(job_id, "pending", "enqueued", 44)
+        again = AuditEvent(
+            table="job_queue",
+            row_id=job_id,
+            status="pending",
+            data={"kind": "approve_quote", "attempts": 0, "max_attempts": 5, "transition": "enqueued"},
+            entity_ids={"customer_id": 7},
+            occurred_at=first.occurred_at + 1,
+        )
+
+        assert write_events(audit_db, [first]) == 1
+        assert write_events(audit_db, [again]) == 1
+
+        job = _rows(audit_db, f"SELECT max_attempts, entity_ids FROM {SCHEMA}.job_queue WHERE job_id = %s", job_id)
+        assert job == [(5, {"quote_id": 44, "customer_id": 7})]
+        assert _rows(audit_db, f"SELECT count(*) FROM {SCHEMA}.job_events WHERE job_id = %s", job_id)[0][0] == 2
+        assert _rows(audit_db, f"SELECT count(*) FROM {SCHEMA}.audit_events WHERE row_id = %s", job_id)[0][0] == 2
+
     def test_notify_follows_id_order(self, audit_db, write_events) -> None:
         """Each NOTIFY of a batch carries its row's ID and fields, in the order of the batch and of the IDs."""
         events = [_job_event(str(uuid.uuid4()), "pending", "enqueued", n) for n in range(20)]
@@ -578,3 +599,4 @@ def test_arecord_on_autocommit_connection(audit_db) -> None:
 
     assert asyncio.run(write()) == 1
     assert _rows(audit_db, f"SELECT count(*) FROM {SCHEMA}.job_events WHERE job_id = %s", job_id) == [(1,)]
+    assert _rows(audit_db, f"SELECT status FROM {SCHEMA}.job_queue WHERE job_id = %s", job_id) == [("pending",)]

@@ -99,7 +99,7 @@ def _rollback(conn: psycopg.Connection[Any]) -> None:
 
 
 def _write(conn: psycopg.Connection[Any], schema: str, events: list[AuditEvent], *, own_transaction: bool) -> int:
-    single_upsert, multi_upsert, job_history, announce = staged_statements(schema)
+    checked = staged_statements(schema)
     jobs = Counter(e.row_id for e in events if e.table == "job_queue" and not e.data.get("row_written"))
     with conn.cursor() as cursor:
         # NOTE: IDs are taken when the batch starts, so another lane can commit a higher ID
@@ -121,9 +121,9 @@ def _write(conn: psycopg.Connection[Any], schema: str, events: list[AuditEvent],
 
         upserts = []
         if any(count == 1 for count in jobs.values()):
-            upserts.append(single_upsert)
+            upserts.append(checked.job_upsert)
         if any(count > 1 for count in jobs.values()):
-            upserts.append(multi_upsert)
+            upserts.append(checked.multi_job_upsert)
         write, undo = direct_statements(schema)
         ending = [_COMMIT] if own_transaction else []
         try:
@@ -133,14 +133,14 @@ def _write(conn: psycopg.Connection[Any], schema: str, events: list[AuditEvent],
             # A replay: a batch written before the connection dropped, the
             # spool, or record() called twice with one event. The upserts
             # before the savepoint stay; the inserts are made again with
-            # conflict checks, which skip the stored events.
+            # conflict checks, which skip the stored events and update stored jobs.
             _logger.debug(
                 "audit batch contains stored events, so it is written with conflict checks: %s",
                 exc.diag.message_detail,
             )
 
-        checked = [undo, *([job_history] if jobs else []), announce, CLEAR_STAGE, *ending]
-        cursor.execute(sql.SQL("; ").join(checked))
+        job_rows = [checked.new_job_upsert, checked.job_history] if jobs else []
+        cursor.execute(sql.SQL("; ").join([undo, *job_rows, checked.announce, CLEAR_STAGE, *ending]))
         # The announce statement's count is the one result with rows.
         while cursor.description is None:
             if not cursor.nextset():

@@ -66,7 +66,7 @@ async def arecord(conn: Any, *events: AuditEvent) -> int:
 
 
 async def _arecord(conn: Any, batch: list[AuditEvent]) -> int:
-    single_upsert, multi_upsert, job_history, announce = staged_statements(audit_state.schema)
+    checked = staged_statements(audit_state.schema)
     jobs = Counter(e.row_id for e in batch if e.table == "job_queue" and not e.data.get("row_written"))
     async with conn.cursor() as cursor:
         await cursor.execute(CREATE_STAGE)
@@ -78,10 +78,9 @@ async def _arecord(conn: Any, batch: list[AuditEvent]) -> int:
         for statement, rows in event_statements(audit_state.schema, [e for e in batch if e.table != "job_queue"]):
             await cursor.executemany(statement, rows)
         if jobs:
-            await cursor.execute(single_upsert)
-            await cursor.execute(multi_upsert)
-            await cursor.execute(job_history)
-        row = await (await cursor.execute(announce)).fetchone()
+            for statement in (checked.job_upsert, checked.new_job_upsert, checked.multi_job_upsert, checked.job_history):
+                await cursor.execute(statement)
+        row = await (await cursor.execute(checked.announce)).fetchone()
         await cursor.execute(CLEAR_STAGE)
 
     return int(row[0]) if row else 0
