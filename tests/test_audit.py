@@ -478,6 +478,48 @@ class TestNotifyPayload:
         assert json.loads(payload) == {"id": 12, "event_id": event.event_id, "truncated": True}
 
 
+class TestWriterLanes:
+    def test_row_order_kept_across_lanes(self, audit_db, tmp_path) -> None:
+        """Two lanes with small batches write each job's events in the order they were queued."""
+        # Few jobs and tiny batches: a job's next event is usually in the other lane's next batch.
+        writer = AuditWriter(audit_db, SCHEMA, tmp_path, batch_size=3, connections=2)
+        attempts = [("running", "started"), ("retrying", "retry")] * 15
+        steps = [("pending", "enqueued"), *attempts, ("running", "started"), ("succeeded", "succeeded")]
+        job_ids: list[str] = []
+        # Several rounds, because a race shows only in some of them.
+        for _ in range(4):
+            round_jobs = [str(uuid.uuid4()) for _ in range(4)]
+            for status, transition in steps:
+                for job_id in round_jobs:
+                    writer.enqueue(_job_event(job_id, status, transition, 1))
+            assert writer.flush(30)
+            job_ids += round_jobs
+        writer.shutdown(2)
+
+        # History IDs are taken as the rows are inserted, so they show the order of the writes.
+        rows = _rows(audit_db, f"SELECT job_id, transition FROM {SCHEMA}.job_events ORDER BY id")
+        for job_id in job_ids:
+            assert [transition for row_id, transition in rows if row_id == job_id] == [transition for _, transition in steps]
+        final = _rows(audit_db, f"SELECT DISTINCT status FROM {SCHEMA}.job_queue")
+        assert final == [("succeeded",)]
+
+    def test_busy_rows_passed_over_in_order(self, tmp_path) -> None:
+        """A lane takes the rows no other lane is writing, and the rows it passes over keep their place."""
+        writer = AuditWriter("postgresql://postgres@127.0.0.1:1/none", SCHEMA, tmp_path, batch_size=10, connections=2)
+        events = [
+            AuditEvent(table="checkpoints", row_id=row_id, status="saved", data={"position": n})
+            for n, row_id in enumerate(["busy", "free", "busy", "other", "free"])
+        ]
+        writer._queue.extend(events)
+        writer._lanes[1].rows = {("checkpoints", "busy")}
+
+        batch = writer._take_batch(writer._lanes[0])
+
+        assert batch == [events[1], events[3], events[4]]
+        assert list(writer._queue) == [events[0], events[2]]
+        assert writer._lanes[0].rows == {("checkpoints", "free"), ("checkpoints", "other")}
+
+
 class TestOutages:
     def test_unreachable_database_spools_then_replays(self, audit_db, tmp_path) -> None:
         """Events written while PostgreSQL is unreachable are spooled and replayed exactly once."""

@@ -1,10 +1,11 @@
 """The background writer: audit events to PostgreSQL in batches, durable across outages.
 
 The app's threads only append to a bounded in-memory queue. Writer threads
-(two by default, each with its own queue and connection) take batches from
-it and write each batch, its ``audit_events`` rows and their ``pg_notify``
-calls in one transaction. All events of one row go to the same thread, so
-they are written in order. When
+(two by default, each with its own connection) take batches from it and
+write each batch, its ``audit_events`` rows and their ``pg_notify`` calls in
+one transaction. A thread passes over the events of rows that another
+thread is writing at that moment, so the events of one row are written in
+order, and no thread waits while another has work queued. When
 PostgreSQL is unreachable, the batch is retried with exponential backoff while
 new events keep queueing. Once the queue is full, events spill to a local
 spool file. Spooled events are written first when the database is back or
@@ -90,10 +91,9 @@ class AuditWriter:
     * **spool_dir** - where events wait on disk while PostgreSQL is unreachable.
     * **max_queue** - events held in memory before new ones go to the spool.
     * **batch_size** - events written per transaction at most.
-    * **connections** - writer threads, each with its own connection. Events
-      of one row always go through the same one, in order. Two connections
-      let PostgreSQL work on one batch while Python prepares the next:
-      about 1.5 times the throughput of one on two cores
+    * **connections** - writer threads, each with its own connection. Two
+      connections let PostgreSQL work on one batch while Python prepares the
+      next: about 1.5 times the throughput of one on two cores
       (benchmarks/audit_writer.py).
     """
 
@@ -136,6 +136,9 @@ class AuditWriter:
         _register_metrics(self_ref)
 
     def _reset_state(self) -> None:
+        # One queue for all writer threads, and one condition for the queue and every lane's state.
+        self._queue: collections.deque[AuditEvent] = collections.deque()
+        self._cond = threading.Condition()
         self._lanes = [_Lane(index) for index in range(self._connections)]
         # Set once by shutdown(); the writer threads read it without a lock.
         self._stopping = False
@@ -158,26 +161,21 @@ class AuditWriter:
         caller's thread, which costs a buffered file write.
         """
         try:
-            # One row's events share a lane, so they are written in order.
-            lanes = self._lanes
-            lane = lanes[hash(event.row_id) % len(lanes)] if len(lanes) > 1 else lanes[0]
-            with lane.cond:
-                # The total over all lanes, read without their locks: the
-                # limit bounds memory, so being off by a few events is harmless.
-                if self._stopping or self.queue_depth() >= self._max_queue:
+            with self._cond:
+                if self._stopping or len(self._queue) >= self._max_queue:
                     self._spool([event])
                     return
-                lane.queue.append(event)
-                lane.cond.notify()
-            if lane.thread is None:
+                self._queue.append(event)
+                self._cond.notify()
+            if self._lanes[0].thread is None:
                 self._start()
         except Exception:  # noqa: BLE001 - the audit trail must never fail the app
             self._count("dropped", 1)
             log_once_per_interval(_logger, "audit event dropped", exc_info=True, dropped=self.stats.dropped)
 
     def _start(self) -> None:
-        for lane in self._lanes:
-            with lane.cond:
+        with self._cond:
+            for lane in self._lanes:
                 if lane.thread is not None:
                     continue
                 lane.thread = threading.Thread(
@@ -190,28 +188,29 @@ class AuditWriter:
         if self._lanes[0].thread is None and self.queue_depth():
             self._start()
         deadline = time.monotonic() + timeout
-        for lane in self._lanes:
-            with lane.cond:
-                lane.cond.notify_all()
-                # The first lane replays the spool, and a replay it has yet to start counts as pending work.
-                while lane.queue or lane.busy or (lane.index == 0 and lane.thread is not None and self._replay_due):
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return False
-                    lane.cond.wait(min(remaining, 0.05))
+        with self._cond:
+            self._cond.notify_all()
+            while self._pending_work():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.05))
 
         return True
+
+    def _pending_work(self) -> bool:
+        # The first lane replays the spool, and a replay it has yet to start counts as pending work.
+        first = self._lanes[0]
+        return bool(self._queue) or any(lane.busy for lane in self._lanes) or (first.thread is not None and self._replay_due)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Write what can be written within *timeout*, spool the rest, and stop."""
         self.flush(timeout)
-        leftover: list[AuditEvent] = []
-        self._stopping = True
-        for lane in self._lanes:
-            with lane.cond:
-                leftover.extend(lane.queue)
-                lane.queue.clear()
-                lane.cond.notify_all()
+        with self._cond:
+            self._stopping = True
+            leftover = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
         if leftover:
             self._spool(leftover)
         for lane in self._lanes:
@@ -226,7 +225,7 @@ class AuditWriter:
             pass
 
     def queue_depth(self) -> int:
-        return sum(len(lane.queue) for lane in self._lanes)
+        return len(self._queue)
 
     def spool_bytes(self) -> int:
         try:
@@ -248,20 +247,21 @@ class AuditWriter:
         attempt = 0
         batch: list[AuditEvent] = []
         while True:
-            with lane.cond:
+            with self._cond:
                 if not batch:
-                    while not lane.queue and not self._stopping and not (first and self._replay_due):
-                        lane.cond.wait(_IDLE_WAKE_SECONDS)
+                    batch = self._take_batch(lane)
+                    while not batch and not self._stopping and not (first and self._replay_due):
+                        self._cond.wait(_IDLE_WAKE_SECONDS)
                         if first:
                             self._write_health()
                             if self._spool_has_files():
                                 self._replay_due = True
-                    if self._stopping and not lane.queue:
+                        batch = self._take_batch(lane)
+                    if self._stopping and not batch:
+                        # shutdown() has taken the queue to spool it.
                         lane.busy = False
-                        lane.cond.notify_all()
+                        self._cond.notify_all()
                         return
-                    for _ in range(min(self._batch_size, len(lane.queue))):
-                        batch.append(lane.queue.popleft())
                     # A replay counts as work too, so flush() waits for it.
                     lane.busy = bool(batch) or self._should_replay(first)
 
@@ -283,10 +283,12 @@ class AuditWriter:
                     self._spool(batch)
                     batch = []
                     continue
-                with lane.cond:
-                    # Woken early by shutdown(), which then gets the batch spooled.
-                    if not self._stopping:
-                        lane.cond.wait(self._wait(_RetryState(attempt)))
+                with self._cond:
+                    # The condition also wakes for new events and other lanes' batches, so
+                    # wait out the whole backoff, unless shutdown() comes to spool the batch.
+                    deadline = time.monotonic() + self._wait(_RetryState(attempt))
+                    while not self._stopping and (remaining := deadline - time.monotonic()) > 0:
+                        self._cond.wait(remaining)
             except Exception:  # noqa: BLE001 - a bad event must not stop the writer
                 # A batch the database rejects for another reason (a bug or a
                 # schema mismatch) would fail forever; keep it on disk instead.
@@ -294,10 +296,40 @@ class AuditWriter:
                 self._spool(batch)
                 batch = []
             finally:
-                with lane.cond:
+                with self._cond:
                     if not batch:
                         lane.busy = False
-                    lane.cond.notify_all()
+                        lane.rows.clear()
+                    # Other lanes may have passed over this batch's rows, and flush() may wait.
+                    self._cond.notify_all()
+
+    def _take_batch(self, lane: _Lane) -> list[AuditEvent]:
+        """Take up to a batch of events from the queue, passing over rows that other lanes are writing.
+
+        Call with ``self._cond`` held. The events passed over stay at the
+        front of the queue in their order, so a row's next event waits until
+        the lane writing its earlier ones has committed them.
+        """
+        queue = self._queue
+        busy = set().union(*(other.rows for other in self._lanes if other is not lane and other.rows))
+        if not busy:
+            batch = [queue.popleft() for _ in range(min(self._batch_size, len(queue)))]
+        else:
+            batch = []
+            passed_over: list[AuditEvent] = []
+            # Bounded, so a queue full of busy rows costs a short scan and not a copy of the whole queue.
+            for _ in range(min(len(queue), 4 * self._batch_size)):
+                event = queue.popleft()
+                if (event.table, event.row_id) in busy:
+                    passed_over.append(event)
+                else:
+                    batch.append(event)
+                    if len(batch) == self._batch_size:
+                        break
+            queue.extendleft(reversed(passed_over))
+        lane.rows = {(event.table, event.row_id) for event in batch}
+
+        return batch
 
     def _should_replay(self, first: bool) -> bool:
         # Only the first lane replays, and not while stopping: the spool files
@@ -482,12 +514,12 @@ def _register_metrics(writer_ref: weakref.ReferenceType[AuditWriter]) -> None:
 
 
 class _Lane:
-    """One writer thread's queue, connection and state; see ``AuditWriter(connections=...)``."""
+    """One writer thread's connection and state; see ``AuditWriter(connections=...)``."""
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.queue: collections.deque[AuditEvent] = collections.deque()
-        self.cond = threading.Condition()
+        # The (table, row ID) pairs of the batch this lane is writing, which other lanes pass over.
+        self.rows: set[tuple[str, str]] = set()
         self.thread: threading.Thread | None = None
         self.conn: psycopg.Connection[Any] | None = None
         # True while the thread writes a batch it took from the queue.
