@@ -363,6 +363,8 @@ class TestBatchWrite:
         """Each NOTIFY of a batch carries its row's ID and fields, in the order of the batch and of the IDs."""
         events = [_job_event(str(uuid.uuid4()), "pending", "enqueued", n) for n in range(20)]
         events.insert(5, AuditEvent(table="checkpoints", row_id="rates", status="saved", data={"position": 1}))
+        secret = AuditEvent(table="checkpoints", row_id="keys", status="saved", data={"position": 2}, entity_ids={"quote_id": 3, "api_key": "k-8d7f6e5d4c3b"})
+        events.insert(9, secret)
         listener = Listener(audit_db)
 
         assert write_events(audit_db, events) == len(events)
@@ -385,6 +387,7 @@ class TestBatchWrite:
             for audit_id, event_id, topic, table, row_id, status, entities in stored
         ]
         assert notes == expected
+        assert notes[9]["entity_ids"] == {"quote_id": 3, "api_key": "[REDACTED]"}
 
     def test_ids_shared_with_default_inserts(self, audit_db, write_events) -> None:
         """IDs allocated for a batch come from the table's sequence, so a later default insert follows them."""

@@ -111,27 +111,31 @@ def event_statements(schema: str, events: Iterable[AuditEvent]) -> list[Statemen
 
 
 def notify_payload(audit_id: int, event: AuditEvent) -> str:
-    """Build the NOTIFY payload: IDs and status only, always under PostgreSQL's size limit.
+    """Build the NOTIFY payload of *event*: IDs and status only, always under PostgreSQL's size limit.
 
-    The staged statement builds the same payload in SQL; this version serves
-    callers that announce one event at a time.
+    The values are masked as the ``audit_events`` row's are. The checked
+    statements build the same payload in SQL.
     """
-    payload = {
-        "id": audit_id,
-        "event_id": event.event_id,
-        "topic": event.topic,
-        "table": event.table,
-        "row_id": event.row_id,
-        "status": event.status,
-        "entity_ids": event.entity_ids,
-    }
-    text = json.dumps(payload, default=str, separators=(",", ":"))
-    if len(text.encode("utf-8")) <= MAX_NOTIFY_BYTES:
+    redact = default_redactor().redact
+    return _payload(
+        audit_id, event.event_id, redact(event.topic), event.table, redact(event.row_id),
+        None if event.status is None else redact(event.status), redact(event.entity_ids),
+    )  # fmt: skip
+
+
+def _payload(
+    audit_id: int, event_id: str, topic: str, table: str, row_id: str, status: str | None, entity_ids: dict[str, Any]
+) -> str:
+    text = dumps(
+        {"id": audit_id, "event_id": event_id, "topic": topic, "table": table, "row_id": row_id, "status": status,
+         "entity_ids": entity_ids}
+    )  # fmt: skip
+    # A character takes at most four bytes in UTF-8, so most payloads skip the encoding.
+    if len(text) * 4 <= MAX_NOTIFY_BYTES or len(text.encode("utf-8")) <= MAX_NOTIFY_BYTES:
         return text
 
     # Too big (long IDs or many entities): subscribers read the row by its ID.
-    slim = {"id": audit_id, "event_id": event.event_id, "truncated": True}
-    return json.dumps(slim, separators=(",", ":"))
+    return dumps({"id": audit_id, "event_id": event_id, "truncated": True})
 
 
 # -- the set-based path: COPY into a temporary stage, then one statement per table --
@@ -142,7 +146,7 @@ def notify_payload(audit_id: int, event: AuditEvent) -> str:
 STAGE_COLUMNS = (
     "seq", "event_id", "tbl", "row_id", "status", "topic", "entity_ids", "trace_id", "occurred_epoch",
     "kind", "attempts", "max_attempts", "last_error", "payload", "transition", "started_epoch", "finished_epoch",
-    "summary", "row_written", "single", "fresh", "audit_id",
+    "summary", "row_written", "single", "fresh", "audit_id", "notice",
 )  # fmt: skip
 
 # ON COMMIT DELETE ROWS keeps the stage empty between transactions; write
@@ -156,7 +160,7 @@ CREATE_STAGE = sql.SQL(
     "trace_id text, occurred_epoch double precision, kind text, attempts integer, max_attempts integer, "
     "last_error text, payload jsonb, transition text, started_epoch double precision, "
     "finished_epoch double precision, summary jsonb, row_written boolean, single boolean, fresh boolean, "
-    "audit_id bigint, "
+    "audit_id bigint, notice text, "
     "occurred_at timestamptz GENERATED ALWAYS AS (to_timestamp(occurred_epoch)) STORED, "
     "started_at timestamptz GENERATED ALWAYS AS (to_timestamp(started_epoch)) STORED, "
     "finished_at timestamptz GENERATED ALWAYS AS (to_timestamp(finished_epoch)) STORED) ON COMMIT DELETE ROWS"
@@ -178,24 +182,30 @@ def stage_row(seq: int, event: AuditEvent, single: bool = True, audit_id: int | 
 
     *single* is true when no other event of the batch has its row. *audit_id*
     is the ``audit_events`` ID allocated for the event by the direct path, or
-    None for the path that lets the insert allocate it.
+    None for the path that lets the insert allocate it. With an ID, the row
+    also carries the event's NOTIFY payload.
     """
     # The writer calls this for every event while its COPY waits, so the
     # redactor is looked up once and empty values skip it.
     redact = default_redactor().redact
     d = event.data
-    status = event.status
-    entity_ids = _json(redact(event.entity_ids)) if event.entity_ids else "{}"
+    status = None if event.status is None else redact(event.status)
+    row_id = redact(event.row_id)
+    topic = redact(event.topic)
+    entities = redact(event.entity_ids) if event.entity_ids else {}
     summary = d.get("summary")
     summary_json = _json(redact(summary)) if summary else "{}"
+    # Built here rather than in SQL: the writer's Python thread has time to
+    # spare while PostgreSQL, the bottleneck, writes the other lane's batch.
+    notice = None if audit_id is None else _payload(audit_id, event.event_id, topic, event.table, row_id, status, entities)
     head = (
-        seq, event.event_id, event.table, redact(event.row_id), None if status is None else redact(status),
-        redact(event.topic), entity_ids, event.trace_id, event.occurred_at,
+        seq, event.event_id, event.table, row_id, status, topic, _json(entities), event.trace_id, event.occurred_at,
     )  # fmt: skip
     row_written = bool(d.get("row_written"))
     if event.table != "job_queue":
         return (
             *head, None, None, None, None, None, None, None, None, summary_json, row_written, single, False, audit_id,
+            notice,
         )  # fmt: skip
 
     last_error = d.get("last_error")
@@ -207,6 +217,7 @@ def stage_row(seq: int, event: AuditEvent, single: bool = True, audit_id: int | 
         *head, d.get("kind"), d.get("attempts"), d.get("max_attempts"),
         None if last_error is None else redact(last_error), _json(redact(payload)) if payload else "{}",
         transition, d.get("started_at"), d.get("finished_at"), summary_json, row_written, single, fresh, audit_id,
+        notice,
     )  # fmt: skip
 
 
@@ -338,8 +349,8 @@ def staged_statements(schema: str) -> StagedStatements:
 # -- the direct path: audit_events IDs allocated first, inserts without conflict checks --
 #
 # When no event of a batch is stored yet, which is the common case, the
-# inserts need neither ON CONFLICT nor RETURNING, and the NOTIFY payloads are
-# built from the stage. A stored event ID makes an insert fail with a unique
+# inserts need neither ON CONFLICT nor RETURNING, and the NOTIFY payloads
+# come with the stage rows. A stored event ID makes an insert fail with a unique
 # violation instead. The caller then rolls back to DIRECT_SAVEPOINT and writes
 # the batch with staged_statements(), which skip the stored events.
 
@@ -363,14 +374,14 @@ INSERT INTO {s}.audit_events (id, event_id, topic, source_table, row_id, status,
     created_at)
 SELECT audit_id, event_id, topic, tbl, row_id, status, coalesce(summary, '{{}}'::jsonb),
     coalesce(entity_ids, '{{}}'::jsonb), trace_id, occurred_at
-FROM pg_temp.dtc_audit_stage_v2 ORDER BY seq
+FROM pg_temp.dtc_audit_stage_v2
 """
 
-_STAGED_ROWS = """(
-    SELECT audit_id AS id, event_id, topic, tbl AS source_table, row_id, status,
-        coalesce(entity_ids, '{{}}'::jsonb) AS entity_ids
-    FROM pg_temp.dtc_audit_stage_v2
-) AS staged"""
+# The NOTIFY of every staged event, in ID order, with the payloads stage_row() built.
+_STAGED_NOTICES = """
+SELECT count(pg_notify({channel}, notice))
+FROM (SELECT notice FROM pg_temp.dtc_audit_stage_v2 ORDER BY audit_id) AS notices
+"""
 
 
 def allocate_ids(schema: str, count: int) -> sql.Composable:
@@ -385,7 +396,7 @@ def direct_statements(schema: str) -> tuple[sql.Composable, sql.Composable]:
     The write is several statements in one query string: a savepoint, the
     new jobs', history and ``audit_events`` inserts, the savepoint's release, the NOTIFY
     of every staged event in ID order, and the emptying of the stage. The
-    stage must have an ``audit_id`` in every row.
+    stage must have an ``audit_id`` and a ``notice`` in every row.
     """
     schema_id = sql.Identifier(schema)
     savepoint = sql.Identifier(DIRECT_SAVEPOINT)
@@ -396,9 +407,7 @@ def direct_statements(schema: str) -> tuple[sql.Composable, sql.Composable]:
             sql.SQL(_JOB_EVENTS_INSERT).format(s=schema_id),
             sql.SQL(_DIRECT_AUDIT_EVENTS).format(s=schema_id),
             sql.SQL("RELEASE SAVEPOINT {}").format(savepoint),
-            sql.SQL(_ANNOUNCE.replace("{rows}", _STAGED_ROWS)).format(
-                channel=sql.Literal(NOTIFY_CHANNEL), limit=sql.Literal(MAX_NOTIFY_BYTES)
-            ),
+            sql.SQL(_STAGED_NOTICES).format(channel=sql.Literal(NOTIFY_CHANNEL)),
             CLEAR_STAGE,
         ]
     )
