@@ -408,9 +408,23 @@ def test_hex_ids_skip_scan_cards_masked() -> None:
         assert redactor.redact_text(value) == value
     assert redactor.redact_text(card) == "[REDACTED]"
     assert redactor.redact_text(f"{card[:4]}-{card[4:8]}-{card[8:12]}-{card[12:]}") == "[REDACTED]"
-    assert redactor.redact_text(f"abc{card}") == "abc[REDACTED]"
+    assert redactor.redact_text(f"ref{card}") == "ref[REDACTED]"
+    assert redactor.redact_text(f"card {card}, expires 12/29") == "card [REDACTED], expires 12/29"
     # A space is no hex separator, so this value takes the full scan.
     assert redactor.redact_text(f"{card[:4]} {card[4:8]} {card[8:12]} {card[12:]}") == "[REDACTED]"
+
+
+def test_luhn_digits_inside_trace_ids_kept() -> None:
+    """A trace ID, traceparent or hash whose digits happen to pass the Luhn check stays whole, alone or in text."""
+    redactor = Redactor()
+    # 034923450141773275 inside this trace ID passes the Luhn check.
+    trace_id = "93b0ff7e034923450141773275b85975"
+    traceparent = f"00-{trace_id}-fdc37fd4f6be560d-01"
+    assert luhn_valid("034923450141773275")
+
+    for value in (trace_id, traceparent, f"trace {trace_id} failed", f"see https://jaeger.local/trace/{trace_id}"):
+        assert redactor.redact_text(value) == value
+        assert redactor.redact({"traceparent": value}) == {"traceparent": value}
 
 
 def test_repeated_secret_masked_from_cache() -> None:

@@ -94,12 +94,15 @@ _MIN_SCAN_LENGTH = 8
 # scan. Long values are mostly unique and are scanned every time.
 _CACHED_TEXT_LENGTH = 128
 _TEXT_CACHE_SIZE = 4096
-# UUIDs and hex IDs contain no rule trigger, and a card number needs a run of
-# 13 digits. Deleting the hex letters and dashes leaves only digits when the
-# text is such an ID, and only 13 digits in a row once the dashes are gone
-# can be a card number. For a UUID this test costs about a third of a scan.
-_HEX_ID_CHARS = b"abcdefABCDEF-"
-_CARD_DIGITS = re.compile(rb"[0-9]{13}")
+# UUIDs, trace IDs and hashes (hex digits and dashes, with at least one
+# letter) contain no rule trigger, and the card rule passes over digits inside
+# them (see _card). So a value that is one such ID skips the scan: for a UUID
+# this test took 0.3 us here, the scan 2 us.
+_HEX_ID_CHARS = b"0123456789abcdefABCDEF-"
+_DIGITS_AND_DASHES = b"0123456789-"
+# The word around a card-number match, and the words that are hex IDs.
+_WORD_CHAR = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+_HEX_WORD = re.compile(r"[0-9A-Fa-f-]*[A-Fa-f][0-9A-Fa-f-]*")
 # The triggers of the rules above as one pattern.
 _RULE_TRIGGERS = r"PRIVATE KEY|earer|asic\s|eyJ|[=:@]|_live_|_test_|whsec_|A[KSGIRNP][IPDONV]A|gh[pousr]_|github_pat_|xox|AIza"
 # Every trigger, plus digits for card numbers, in one search: most ordinary
@@ -116,11 +119,8 @@ _PLAIN_TYPES = frozenset({int, float, bool, type(None)})
 
 def _is_plain_hex_id(text: str) -> bool:
     raw = text.encode("utf-8", "replace")
-    digits = raw.translate(None, _HEX_ID_CHARS)
-    if digits and not digits.isdigit():
-        return False
-
-    return len(digits) < 13 or _CARD_DIGITS.search(raw.translate(None, b"-")) is None
+    # Nothing but hex digits and dashes, and not only digits and dashes, which may be a card number.
+    return not raw.translate(None, _HEX_ID_CHARS) and bool(raw.translate(None, _DIGITS_AND_DASHES))
 
 
 def _keep_prefix(match: re.Match[str]) -> str:
@@ -128,6 +128,16 @@ def _keep_prefix(match: re.Match[str]) -> str:
 
 
 def _card(match: re.Match[str]) -> str:
+    text, (start, end) = match.string, match.span()
+    while start > 0 and text[start - 1] in _WORD_CHAR:
+        start -= 1
+    while end < len(text) and text[end] in _WORD_CHAR:
+        end += 1
+    if _HEX_WORD.fullmatch(text, start, end):
+        # Digits inside a trace ID, a UUID or a hash: about one such ID in 500 contains
+        # a digit run that passes the Luhn check, and masking it would break the ID.
+        return match.group(0)
+
     return MASK if luhn_valid(match.group(0)) else match.group(0)
 
 
