@@ -645,3 +645,26 @@ def test_arecord_on_autocommit_connection(audit_db) -> None:
     assert asyncio.run(write()) == 1
     assert _rows(audit_db, f"SELECT count(*) FROM {SCHEMA}.job_events WHERE job_id = %s", job_id) == [(1,)]
     assert _rows(audit_db, f"SELECT status FROM {SCHEMA}.job_queue WHERE job_id = %s", job_id) == [("pending",)]
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://postgres@127.0.0.1:5432/app", "DTC_OTEL_DATABASE_URL is set, but dtc-otel was not started"),
+        (None, "DTC_OTEL_DATABASE_URL is not set"),
+    ],
+    ids=["url_set", "url_missing"],
+)
+def test_unconfigured_enqueue_names_fix(monkeypatch, url, message) -> None:
+    """enqueue() before dtc-otel has started says which step is missing: the URL, or starting dtc-otel."""
+    if url is None:
+        monkeypatch.delenv("DTC_OTEL_DATABASE_URL", raising=False)
+    else:
+        monkeypatch.setenv("DTC_OTEL_DATABASE_URL", url)
+    monkeypatch.setattr(audit_state, "database_url", None)
+    monkeypatch.setattr(audit_state, "writer", None)
+
+    with pytest.raises(RuntimeError, match=message) as error:
+        audit.enqueue("approve_quote", {"quote_id": 44})
+
+    assert "dtc-otel-run" in str(error.value)

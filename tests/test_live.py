@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tenacity import wait_fixed
 
 from dtc_otel.audit._schema import apply_migrations
@@ -254,7 +254,8 @@ class FreezingProxy:
     connections are forwarded as usual.
     """
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int] | str) -> None:
+        # A (host, port) pair, or the path of a Unix socket, as the embedded test database has.
         self._target = target
         self._frozen: list[dict[str, bool]] = []
         self._sockets: list[socket.socket] = []
@@ -268,7 +269,11 @@ class FreezingProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(self._target)
+            if isinstance(self._target, str):
+                upstream = socket.socket(socket.AF_UNIX)
+                upstream.connect(self._target)
+            else:
+                upstream = socket.create_connection(self._target)
             state = {"frozen": False}
             self._frozen.append(state)
             self._sockets += [client, upstream]
@@ -299,10 +304,10 @@ class FreezingProxy:
 
 def test_silent_network_loss_detected(live_db: str) -> None:
     """A LISTEN connection that goes silent is replaced, and the events sent meanwhile arrive."""
-    parts = urlsplit(live_db)
-    proxy = FreezingProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
-    credentials = parts.netloc.rpartition("@")[0]
-    through_proxy = parts._replace(netloc=f"{credentials}@127.0.0.1:{proxy.port}".lstrip("@")).geturl()
+    params = conninfo_to_dict(live_db)
+    host, port = str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432)
+    proxy = FreezingProxy(f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port))
+    through_proxy = make_conninfo(live_db, host="127.0.0.1", port=proxy.port)
 
     async def scenario() -> None:
         live = Broadcaster(through_proxy, database_url=live_db, schema=SCHEMA, heartbeat_seconds=0.5, heartbeat_timeout=0.5)

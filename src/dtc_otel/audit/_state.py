@@ -23,12 +23,19 @@ class AuditState:
         self._lock = threading.Lock()
 
     def require_url(self) -> str:
-        if not self.database_url:
+        if self.database_url:
+            return self.database_url
+        if os.environ.get("DTC_OTEL_DATABASE_URL"):
+            # The setting is there, but nothing in this process has read it.
             raise RuntimeError(
-                "dtc-otel audit is not configured: set DTC_OTEL_DATABASE_URL to a postgresql:// URL "
-                "and run `dtc-otel migrate` once"
+                "dtc-otel audit is not configured in this process: DTC_OTEL_DATABASE_URL is set, but dtc-otel "
+                "was not started; run the app under `dtc-otel-run`, or call dtc_otel.configure() at start-up"
             )
-        return self.database_url
+        raise RuntimeError(
+            "dtc-otel audit is not configured: DTC_OTEL_DATABASE_URL is not set; set it to a postgresql:// URL, "
+            "run `dtc-otel migrate` once and start the app under `dtc-otel-run` (or call dtc_otel.configure()), "
+            "or call dtc_otel.audit.configure(url) when the URL is only known at run time"
+        )
 
     def pool(self) -> Any:
         """Return a small psycopg connection pool for the synchronous audit calls."""
