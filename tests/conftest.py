@@ -27,11 +27,16 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Start every test without the OTEL_* and DTC_OTEL_* settings of the shell."""
+def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Start every test without the OTEL_* and DTC_OTEL_* settings of the shell.
+
+    The audit spool goes to the test's own folder, so that no test leaves
+    spool files or health reports where the user's apps and ``dtc-otel doctor`` look.
+    """
     for name in list(os.environ):
         if (name.startswith(("OTEL_", "DTC_OTEL_")) and name != "DTC_OTEL_TEST_DATABASE_URL") or name == "PYTHONPATH":
             monkeypatch.delenv(name)
+    monkeypatch.setenv("DTC_OTEL_AUDIT_SPOOL_DIR", str(tmp_path / "audit-spool"))
 
 
 @pytest.fixture

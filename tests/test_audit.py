@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -21,12 +24,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import dtc_otel
 from dtc_otel import audit
 from dtc_otel._entities import EntitySpanProcessor
+from dtc_otel.audit._batch import write_batch, write_transaction
 from dtc_otel.audit._events import NOTIFY_CHANNEL, AuditEvent
 from dtc_otel.audit._schema import apply_migrations, load_migrations, render_migrations
 from dtc_otel.audit._sql import MAX_NOTIFY_BYTES, notify_payload
 from dtc_otel.audit._state import audit_state
-from dtc_otel.audit._batch import write_batch, write_transaction
 from dtc_otel.audit._writer import AuditWriter
+from tests.conftest import BIN
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "audit.md"
 SCHEMA = "dtc_audit"
@@ -668,3 +672,29 @@ def test_unconfigured_enqueue_names_fix(monkeypatch, url, message) -> None:
         audit.enqueue("approve_quote", {"quote_id": 44})
 
     assert "dtc-otel-run" in str(error.value)
+
+
+def test_doctor_lists_idle_writer(database_url, tmp_path) -> None:
+    """A writer that has written nothing yet is in dtc-otel doctor, and reports of exited writers are removed."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    (spool / f"health-{exited.pid}.json").write_text(json.dumps({"pid": exited.pid, "updated_at": 0}))
+
+    writer = AuditWriter(database_url, SCHEMA, spool)
+    try:
+        assert not (spool / f"health-{exited.pid}.json").exists()
+        env = {
+            "DTC_OTEL_DATABASE_URL": database_url,
+            "DTC_OTEL_AUDIT_SPOOL_DIR": str(spool),
+            "OTEL_TRACES_EXPORTER": "none",
+            "PATH": str(BIN),
+        }
+        doctor = subprocess.run([str(BIN / "dtc-otel"), "doctor"], env=env, capture_output=True, text=True, timeout=30)
+        assert f"writer pid {os.getpid()}" in doctor.stdout, doctor.stdout
+        assert "written 0" in doctor.stdout
+    finally:
+        writer.shutdown(1)
+
+    assert not (spool / f"health-{os.getpid()}.json").exists()

@@ -161,6 +161,9 @@ def test_job_in_request_and_cli(webhook_app) -> None:
     entity = subprocess.run([str(BIN / "dtc-otel"), "entity", "quote_id=44"], env=env, capture_output=True, text=True, timeout=30)
     assert entity.returncode == 0, entity.stderr
     assert job_id in entity.stdout
+    log_lines = [line for line in entity.stdout.splitlines() if "change in job_queue" in line]
+    assert len(log_lines) >= 3, entity.stdout
+    assert all(job_id in line for line in log_lines)
     assert "trace(s)" in entity.stdout
     stuck = subprocess.run([str(BIN / "dtc-otel"), "stuck", "--older-than", "0"], env=env, capture_output=True, text=True, timeout=30)
     assert stuck.returncode == 0

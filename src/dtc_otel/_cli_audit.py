@@ -103,11 +103,11 @@ def _cmd_entity(options: argparse.Namespace) -> int:
     query = sql.SQL(
         "SELECT 'job_queue' AS source, job_id AS row_id, kind AS what, status, updated_at AS at, trace_id "
         "FROM {s}.job_queue WHERE entity_ids @> %(m)s::jsonb "
-        "UNION ALL SELECT 'webhook_logs', id::text, provider || ' ' || coalesce(event_type, ''), "
+        "UNION ALL SELECT 'webhook_logs', delivery_id::text, provider || ' ' || coalesce(event_type, ''), "
         "coalesce(status_code::text, 'received'), received_at, trace_id FROM {s}.webhook_logs WHERE entity_ids @> %(m)s::jsonb "
         "UNION ALL SELECT 'audit_markers', marker_key, name, 'marked', created_at, trace_id "
         "FROM {s}.audit_markers WHERE entity_ids @> %(m)s::jsonb "
-        "UNION ALL SELECT 'audit_events', id::text, source_table || ' ' || row_id, status, created_at, trace_id "
+        "UNION ALL SELECT 'audit_events', row_id, 'change in ' || source_table, status, created_at, trace_id "
         "FROM {s}.audit_events WHERE entity_ids @> %(m)s::jsonb "
         "ORDER BY at"
     ).format(s=s)
@@ -116,7 +116,8 @@ def _cmd_entity(options: argparse.Namespace) -> int:
         rows = cursor.fetchall()
         columns = [column.name for column in cursor.description or []]
     _print_rows(columns, rows)
-    traces = sorted({row[-1] for row in rows if row[-1]})
+    # In the order they first appear, which is time order.
+    traces = list(dict.fromkeys(row[-1] for row in rows if row[-1]))
     if traces:
         print(f"\n{len(traces)} trace(s); open one in Jaeger at http://127.0.0.1:16686/trace/<trace_id>:")
         for trace_id in traces:
@@ -133,6 +134,7 @@ def _check(label: str, ok: bool, detail: str) -> bool:
 def _cmd_doctor(options: argparse.Namespace) -> int:
     from dtc_otel.audit._schema import load_migrations
     from dtc_otel.audit._state import default_spool_dir
+    from dtc_otel.audit._writer import process_alive
 
     healthy = True
     try:
@@ -197,7 +199,7 @@ def _cmd_doctor(options: argparse.Namespace) -> int:
             health = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if not _process_alive(int(health.get("pid", 0))):
+        if not process_alive(int(health.get("pid", 0))):
             # The writer's process has exited; its last report is history.
             stale += 1
             continue
@@ -212,19 +214,6 @@ def _cmd_doctor(options: argparse.Namespace) -> int:
         print(f"       {stale} report(s) from writers whose process has exited are not shown")
 
     return 0 if healthy else 1
-
-
-def _process_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-    return True
 
 
 def add_audit_commands(commands: Any) -> None:

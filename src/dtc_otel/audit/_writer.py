@@ -37,7 +37,7 @@ from dtc_otel._ratelimit import log_once_per_interval
 from dtc_otel.audit._batch import write_transaction
 from dtc_otel.audit._events import AuditEvent
 
-__all__ = ["AuditWriter", "WriterStats"]
+__all__ = ["AuditWriter", "WriterStats", "process_alive"]
 
 _logger = logging.getLogger("dtc_otel.audit")
 
@@ -134,6 +134,9 @@ class AuditWriter:
 
         os.register_at_fork(after_in_child=after_fork)
         _register_metrics(self_ref)
+        # dtc-otel doctor lists this writer from now on, not only once it has written.
+        self._remove_stale_health()
+        self._write_health()
 
     def _reset_state(self) -> None:
         # One queue for all writer threads, and one condition for the queue and every lane's state.
@@ -449,6 +452,16 @@ class AuditWriter:
 
     # -- health -----------------------------------------------------------
 
+    def _remove_stale_health(self) -> None:
+        """Delete the health reports of writers whose process has exited, which a crash or a hard exit leaves behind."""
+        try:
+            for path in self._spool_dir.glob("health-*.json"):
+                pid = path.stem.removeprefix("health-")
+                if pid.isdigit() and not process_alive(int(pid)):
+                    path.unlink(missing_ok=True)
+        except OSError:
+            pass
+
     def _write_health(self) -> None:
         now = time.monotonic()
         if now - self._last_health < _HEALTH_INTERVAL_SECONDS:
@@ -511,6 +524,21 @@ def _register_metrics(writer_ref: weakref.ReferenceType[AuditWriter]) -> None:
         meter.create_observable_counter(
             name, [total(lambda w, f=field_name: getattr(w.stats, f))], unit="{event}", description=description
         )
+
+
+def process_alive(pid: int) -> bool:
+    """Return whether a process with the ID *pid* exists."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        # It exists, under another user.
+        return True
+
+    return True
 
 
 class _Lane:
