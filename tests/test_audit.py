@@ -698,3 +698,51 @@ def test_doctor_lists_idle_writer(database_url, tmp_path) -> None:
         writer.shutdown(1)
 
     assert not (spool / f"health-{os.getpid()}.json").exists()
+
+
+def test_orphaned_replay_file_replayed(audit_db, tmp_path) -> None:
+    """A spool file whose replay was cut short by its process dying is replayed by the next writer, once."""
+    spool = tmp_path / "orphan-spool"
+    spool.mkdir()
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    events = [AuditEvent(table="checkpoints", row_id=f"o{i}", status="saved", data={"position": i}) for i in range(3)]
+    orphan = spool / f"replay-{exited.pid}-{exited.pid}-0a1b2c3d.jsonl"
+    orphan.write_text("".join(event.to_json() + "\n" for event in events))
+
+    writer = AuditWriter(audit_db, SCHEMA, spool)
+    writer.enqueue(AuditEvent(table="checkpoints", row_id="now", status="saved", data={"position": 0}))
+    assert writer.flush(15)
+    writer.shutdown(2)
+
+    stored = {r[0] for r in _rows(audit_db, f"SELECT event_id::text FROM {SCHEMA}.audit_events")}
+    assert {e.event_id for e in events} <= stored
+    assert not list(spool.glob("*.jsonl"))
+
+
+def test_exit_with_database_down_spools(tmp_path) -> None:
+    """An app under dtc-otel-run that exits while PostgreSQL is unreachable leaves its events in the spool, in time."""
+    spool = tmp_path / "exit-spool"
+    script = "from dtc_otel import audit\nfor n in range(5):\n    audit.enqueue('approve_quote', {'quote_id': n})\n"
+    env = {
+        **os.environ,
+        "DTC_OTEL_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none",
+        "DTC_OTEL_AUDIT_SPOOL_DIR": str(spool),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1",
+    }
+    run = subprocess.run([str(BIN / "dtc-otel-run"), sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+
+    assert run.returncode == 0, run.stderr
+    lines = [line for path in spool.glob("spool-*.jsonl") for line in path.read_text().splitlines()]
+    assert len(lines) == 5, run.stderr
+
+
+def test_default_spool_dir_per_database() -> None:
+    """Two databases get two spool folders, so events spooled for one are never replayed into the other."""
+    from dtc_otel.audit._state import default_spool_dir
+
+    first = default_spool_dir("dtc_audit", "postgresql://app@127.0.0.1:5432/a")
+    assert first == default_spool_dir("dtc_audit", "postgresql://app@127.0.0.1:5432/a")
+    assert first != default_spool_dir("dtc_audit", "postgresql://app@127.0.0.1:5432/b")
+    assert first != default_spool_dir("dtc_audit", "postgresql://app@127.0.0.1:5433/a")
+    assert first != default_spool_dir("other", "postgresql://app@127.0.0.1:5432/a")

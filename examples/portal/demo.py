@@ -282,7 +282,9 @@ def print_audit_hints(app, out) -> None:
         "  the webhook deliveries, with the duplicate and the bad signature:\n"
         f"    SELECT id, provider_event_id, signature_valid, signature_reason, duplicate_of, status_code\n"
         f"      FROM {schema}.webhook_logs ORDER BY id DESC LIMIT 3;\n"
-        f"  the welcome marker: SELECT * FROM {schema}.audit_markers WHERE name = 'portal_welcome_sent';",
+        f"  the welcome marker: SELECT * FROM {schema}.audit_markers WHERE name = 'portal_welcome_sent';\n"
+        "  The audit tables are a durable record: --demo resets the quotes but keeps earlier runs'\n"
+        "  audit rows, so these show every run, oldest first; this run's rows are the newest.",
         file=out,
     )
     if app.state.embedded_database:

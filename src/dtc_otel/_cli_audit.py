@@ -190,8 +190,10 @@ def _cmd_doctor(options: argparse.Namespace) -> int:
             # Not fatal: the app runs and logs without a collector; spans are dropped.
             print(f"[warn] collector: {endpoint} is not reachable ({getattr(exc, 'reason', exc)}); spans are dropped until it is")
 
-    spool = Path(settings.audit_spool_dir or default_spool_dir(settings.audit_schema))
-    spooled = sum(p.stat().st_size for p in spool.glob("spool-*.jsonl")) if spool.is_dir() else 0
+    spool = Path(settings.audit_spool_dir or default_spool_dir(settings.audit_schema, settings.database_url))
+    # replay-* files are being replayed, or were when their process died; the next writer takes them over.
+    waiting = [*spool.glob("spool-*.jsonl"), *spool.glob("replay-*.jsonl")] if spool.is_dir() else []
+    spooled = sum(p.stat().st_size for p in waiting)
     healthy &= _check("audit spool", spooled == 0, f"{spooled} bytes waiting in {spool}" if spooled else f"empty ({spool})")
     stale = 0
     for path in sorted(spool.glob("health-*.json")) if spool.is_dir() else []:

@@ -31,6 +31,8 @@ class _Lifecycle:
         self.provider: TracerProvider | None = None
         self.timeout = 5.0
         self.after_fork: list[Callable[[], None]] = []
+        # Run before the provider's shutdown, each bounded on its own: the audit writer.
+        self.before_shutdown: list[Callable[[], None]] = []
         # False when the user set service.instance.id themselves.
         self.owns_instance_id = True
         self.export_failing: Callable[[], bool] = lambda: False
@@ -42,6 +44,14 @@ class _Lifecycle:
         if provider is None or self._done.is_set():
             return
         self._done.set()
+
+        # First, because the provider's shutdown can be cut short by the timeout
+        # below while an export retries, and the audit writer must spool in time.
+        for hook in self.before_shutdown:
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - exit goes on
+                _logger.warning("shutdown step failed; the exit goes on", exc_info=True)
 
         # With the collector already failing, the final export would most
         # likely fail too, so the process waits one second at most for it.
@@ -107,6 +117,7 @@ def install(
     after_fork: list[Callable[[], None]],
     owns_instance_id: bool,
     export_failing: Callable[[], bool] = lambda: False,
+    before_shutdown: list[Callable[[], None]] | None = None,
 ) -> None:
     """Register the bounded exit flush, the SIGTERM handler and the fork hook for *provider*."""
     _lifecycle.provider = provider
@@ -114,6 +125,7 @@ def install(
     _lifecycle.export_failing = export_failing
     _lifecycle.timeout = timeout
     _lifecycle.after_fork = after_fork
+    _lifecycle.before_shutdown = before_shutdown or []
 
     atexit.register(_lifecycle.shutdown)
     os.register_at_fork(after_in_child=_lifecycle.reinit_after_fork)

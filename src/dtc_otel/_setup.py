@@ -123,10 +123,20 @@ def configure(settings: Settings | None = None) -> TracerProvider | None:
         after_fork=[exporter.reset_after_fork for exporter in exporters],
         owns_instance_id="service.instance.id" not in settings.resource_attributes,
         export_failing=lambda: any(exporter.failing for exporter in exporters),
+        before_shutdown=[lambda: _shutdown_audit(settings.shutdown_timeout)],
     )
     _logger.debug("dtc-otel configured: %r", settings)
 
     return provider
+
+
+def _shutdown_audit(timeout: float) -> None:
+    from dtc_otel.audit._state import audit_state
+
+    # Looked up at exit: dtc_otel.audit.configure() may have replaced the writer since start-up.
+    writer = audit_state.writer
+    if writer is not None:
+        writer.shutdown(timeout)
 
 
 def _configure_audit(settings: Settings) -> None:
@@ -138,7 +148,7 @@ def _configure_audit(settings: Settings) -> None:
     audit_state.writer = AuditWriter(
         settings.database_url or "",
         settings.audit_schema,
-        settings.audit_spool_dir or default_spool_dir(settings.audit_schema),
+        settings.audit_spool_dir or default_spool_dir(settings.audit_schema, settings.database_url),
         connections=settings.audit_connections,
     )
 

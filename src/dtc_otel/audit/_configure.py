@@ -37,7 +37,7 @@ def configure(database_url: str, *, schema: str | None = None, migrate: bool = T
     audit_state.writer = AuditWriter(
         database_url,
         schema,
-        spool_dir or settings.audit_spool_dir or default_spool_dir(schema),
+        spool_dir or settings.audit_spool_dir or default_spool_dir(schema, database_url),
         connections=settings.audit_connections,
     )
     if previous is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import threading
@@ -29,7 +30,8 @@ class AuditState:
             # The setting is there, but nothing in this process has read it.
             raise RuntimeError(
                 "dtc-otel audit is not configured in this process: DTC_OTEL_DATABASE_URL is set, but dtc-otel "
-                "was not started; run the app under `dtc-otel-run`, or call dtc_otel.configure() at start-up"
+                "was not started; run the app under `dtc-otel-run`, or call dtc_otel.configure() at start-up "
+                "(and run `dtc-otel migrate` once, if the audit tables do not exist yet)"
             )
         raise RuntimeError(
             "dtc-otel audit is not configured: DTC_OTEL_DATABASE_URL is not set; set it to a postgresql:// URL, "
@@ -53,12 +55,32 @@ class AuditState:
     def require_writer(self) -> AuditWriter:
         if self.writer is None:
             self.require_url()
-            self.writer = AuditWriter(self.database_url or "", self.schema, default_spool_dir(self.schema))
+            self.writer = AuditWriter(
+                self.database_url or "", self.schema, default_spool_dir(self.schema, self.database_url)
+            )
         return self.writer
 
 
-def default_spool_dir(schema: str) -> str:
-    return os.path.join(tempfile.gettempdir(), f"dtc-otel-spool-{schema}")
+def default_spool_dir(schema: str, database_url: str | None) -> str:
+    """Return the spool folder of *schema* in the database of *database_url*.
+
+    Spooled events are replayed into whatever database the next writer of
+    the folder uses, so each database gets its own folder: two apps on one
+    host that write to different databases must not share one.
+    """
+    return os.path.join(tempfile.gettempdir(), f"dtc-otel-spool-{schema}-{database_key(database_url)}")
+
+
+def database_key(database_url: str | None) -> str:
+    """Return a short stable name for the database of *database_url*: its host, port and name, hashed."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(database_url or "")
+        where = f"{params.get('host') or ''}:{params.get('port') or ''}/{params.get('dbname') or ''}"
+    except Exception:  # noqa: BLE001 - an unreadable URL fails later, where it is used
+        where = database_url or ""
+    return hashlib.sha256(where.encode()).hexdigest()[:10]
 
 
 audit_state = AuditState()

@@ -207,8 +207,16 @@ class AuditWriter:
         return bool(self._queue) or any(lane.busy for lane in self._lanes) or (first.thread is not None and self._replay_due)
 
     def shutdown(self, timeout: float = 5.0) -> None:
-        """Write what can be written within *timeout*, spool the rest, and stop."""
-        self.flush(timeout)
+        """Write what can be written within *timeout*, spool the rest, and stop.
+
+        While PostgreSQL is unreachable the writer does not wait at all: at
+        exit every second counts, and the spool keeps the events.
+        """
+        deadline = time.monotonic() + timeout
+        while not self._failing() and (remaining := deadline - time.monotonic()) > 0:
+            # In short steps, to stop waiting as soon as a write fails.
+            if self.flush(min(remaining, 0.1)):
+                break
         with self._cond:
             self._stopping = True
             leftover = list(self._queue)
@@ -220,12 +228,19 @@ class AuditWriter:
             if lane.thread is not None:
                 # The thread spools a batch it could not write once it finds the stop flag set.
                 lane.thread.join(max(timeout, 1.0))
+            if lane.thread is not None and lane.thread.is_alive() and lane.batch:
+                # Still busy, in a connection attempt, say. The batch may yet be written
+                # as well, which its event IDs make harmless.
+                self._spool(list(lane.batch))
         self._close_spool()
         # A report from an exited process would only mislead dtc-otel doctor.
         try:
             (self._spool_dir / f"health-{os.getpid()}.json").unlink(missing_ok=True)
         except OSError:
             pass
+
+    def _failing(self) -> bool:
+        return not self.stats.connected and self.stats.retries > 0
 
     def queue_depth(self) -> int:
         return len(self._queue)
@@ -267,6 +282,7 @@ class AuditWriter:
                         return
                     # A replay counts as work too, so flush() waits for it.
                     lane.busy = bool(batch) or self._should_replay(first)
+                    lane.batch = batch
 
             try:
                 if self._should_replay(first):
@@ -292,6 +308,17 @@ class AuditWriter:
                     deadline = time.monotonic() + self._wait(_RetryState(attempt))
                     while not self._stopping and (remaining := deadline - time.monotonic()) > 0:
                         self._cond.wait(remaining)
+                if self._stopping:
+                    # No last attempt: it could wait out a connect timeout that exit cannot afford.
+                    self._spool(batch)
+                    batch = []
+            except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
+                log_once_per_interval(
+                    _logger, "audit tables not found; run `dtc-otel migrate`. The batch is kept in the spool",
+                    schema=self._schema, error=str(exc).splitlines()[0], spool=str(self._spool_dir),
+                )  # fmt: skip
+                self._spool(batch)
+                batch = []
             except Exception:  # noqa: BLE001 - a bad event must not stop the writer
                 # A batch the database rejects for another reason (a bug or a
                 # schema mismatch) would fail forever; keep it on disk instead.
@@ -303,6 +330,7 @@ class AuditWriter:
                     if not batch:
                         lane.busy = False
                         lane.rows.clear()
+                        lane.batch = []
                     # Other lanes may have passed over this batch's rows, and flush() may wait.
                     self._cond.notify_all()
 
@@ -403,9 +431,22 @@ class AuditWriter:
                 self._spool_file = None
 
     def _spool_has_files(self) -> bool:
-        return self._spool_dir.is_dir() and any(self._spool_dir.glob("spool-*.jsonl"))
+        return self._spool_dir.is_dir() and (any(self._spool_dir.glob("spool-*.jsonl")) or any(self._orphans()))
+
+    def _orphans(self) -> Iterator[Path]:
+        """Yield the files whose replay a process that has exited since had claimed: it died mid-replay."""
+        for path in self._spool_dir.glob("replay-*.jsonl"):
+            pid = path.name.split("-")[1]
+            if pid.isdigit() and not process_alive(int(pid)):
+                yield path
 
     def _claim_spool_files(self) -> Iterator[Path]:
+        for orphan in self._orphans():
+            try:
+                # Back to its spool name, under which it is claimed below like any other.
+                orphan.rename(orphan.with_name("spool-" + orphan.name.split("-", 2)[2]))
+            except OSError:
+                continue
         for path in sorted(self._spool_dir.glob("spool-*.jsonl")):
             claimed = path.with_name(path.name.replace("spool-", f"replay-{os.getpid()}-", 1))
             # Close and rename under the spool lock: an event spooled in between
@@ -548,6 +589,7 @@ class _Lane:
         self.index = index
         # The (table, row ID) pairs of the batch this lane is writing, which other lanes pass over.
         self.rows: set[tuple[str, str]] = set()
+        self.batch: list[AuditEvent] = []
         self.thread: threading.Thread | None = None
         self.conn: psycopg.Connection[Any] | None = None
         # True while the thread writes a batch it took from the queue.
