@@ -746,3 +746,32 @@ def test_default_spool_dir_per_database() -> None:
     assert first != default_spool_dir("dtc_audit", "postgresql://app@127.0.0.1:5432/b")
     assert first != default_spool_dir("dtc_audit", "postgresql://app@127.0.0.1:5433/a")
     assert first != default_spool_dir("other", "postgresql://app@127.0.0.1:5432/a")
+    assert first == default_spool_dir("dtc_audit", "postgresql://app@127.0.0.1/a?connect_timeout=3")
+
+
+def test_spool_replayed_at_start(audit_db, tmp_path) -> None:
+    """Events an earlier process spooled are written when the next writer starts, before it gets an event of its own."""
+    spool = tmp_path / "start-spool"
+    spool.mkdir()
+    events = [AuditEvent(table="checkpoints", row_id=f"s{i}", status="saved", data={"position": i}) for i in range(4)]
+    (spool / "spool-1-0a1b2c3d.jsonl").write_text("".join(event.to_json() + "\n" for event in events))
+
+    writer = AuditWriter(audit_db, SCHEMA, spool)
+    assert writer.flush(15)
+    writer.shutdown(2)
+
+    stored = {r[0] for r in _rows(audit_db, f"SELECT event_id::text FROM {SCHEMA}.audit_events")}
+    assert stored == {e.event_id for e in events}
+
+
+def test_missing_tables_error_names_migrate(database_url, monkeypatch) -> None:
+    """mark_once() against a database without the audit tables says to run dtc-otel migrate."""
+    monkeypatch.setattr(audit_state, "database_url", database_url)
+    monkeypatch.setattr(audit_state, "schema", "not_migrated")
+    monkeypatch.setattr(audit_state, "_pool", None)
+    try:
+        with pytest.raises(RuntimeError, match=r"audit tables not found in schema 'not_migrated'.*run `dtc-otel migrate`"):
+            audit.mark_once("portal_welcome_sent", customer_id=7)
+    finally:
+        if audit_state._pool is not None:
+            audit_state._pool.close()

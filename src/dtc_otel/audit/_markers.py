@@ -48,7 +48,7 @@ def mark_once(name: str, *, details: dict[str, Any] | None = None, **entity_ids:
         trace_id=_trace_id(),
     )
     with _tracer.start_as_current_span(f"marker {name}", attributes={"dtc.audit.type": "marker", "dtc.marker.key": key}) as span:
-        with audit_state.pool().connection() as conn:
+        with audit_state.connection() as conn:
             with conn.transaction():
                 row = conn.execute(
                     f"INSERT INTO {_schema()}.audit_markers (marker_key, name, entity_ids, details, trace_id) "
@@ -72,14 +72,14 @@ async def amark_once(name: str, *, details: dict[str, Any] | None = None, **enti
 def save_checkpoint(name: str, position: Any) -> None:
     """Store *position* (any JSON value) under *name*, replacing the previous one."""
     event = AuditEvent(table="checkpoints", row_id=name, status="saved", data={"position": position}, trace_id=_trace_id())
-    with audit_state.pool().connection() as conn:
+    with audit_state.connection() as conn:
         with conn.transaction():
             write_batch(conn, audit_state.schema, [event])
 
 
 def read_checkpoint(name: str, default: Any = None) -> Any:
     """Return the position stored under *name*, or *default*."""
-    with audit_state.pool().connection() as conn:
+    with audit_state.connection() as conn:
         row = conn.execute(f"SELECT position FROM {_schema()}.checkpoints WHERE name = %s", (name,)).fetchone()
 
     return default if row is None else row[0]

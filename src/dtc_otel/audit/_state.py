@@ -6,6 +6,8 @@ import hashlib
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from dtc_otel.audit._writer import AuditWriter
@@ -52,6 +54,20 @@ class AuditState:
                 self._pool_pid = os.getpid()
             return self._pool
 
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        """Lend a pooled connection, turning a missing audit table into an error that names the fix."""
+        import psycopg
+
+        try:
+            with self.pool().connection() as conn:
+                yield conn
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
+            raise RuntimeError(
+                f"audit tables not found in schema {self.schema!r} of the database at DTC_OTEL_DATABASE_URL: "
+                f"run `dtc-otel migrate` once ({str(exc).splitlines()[0]})"
+            ) from exc
+
     def require_writer(self) -> AuditWriter:
         if self.writer is None:
             self.require_url()
@@ -77,7 +93,8 @@ def database_key(database_url: str | None) -> str:
 
     try:
         params = conninfo_to_dict(database_url or "")
-        where = f"{params.get('host') or ''}:{params.get('port') or ''}/{params.get('dbname') or ''}"
+        # libpq's defaults filled in, so that a URL with and without them names the same database.
+        where = f"{params.get('host') or ''}:{params.get('port') or '5432'}/{params.get('dbname') or params.get('user') or ''}"
     except Exception:  # noqa: BLE001 - an unreadable URL fails later, where it is used
         where = database_url or ""
     return hashlib.sha256(where.encode()).hexdigest()[:10]

@@ -229,7 +229,7 @@ def _insert_delivery(row: dict[str, Any]) -> tuple[int, int | None]:
         sql.SQL(", ").join(sql.Placeholder() * len(columns)),
     )
     values = [json.dumps(row[c]) if c in ("headers", "entity_ids") else row[c] for c in columns]
-    with audit_state.pool().connection() as conn:
+    with audit_state.connection() as conn:
         try:
             with conn.transaction():
                 record_id = conn.execute(insert, [*values, None]).fetchone()[0]

@@ -137,6 +137,12 @@ class AuditWriter:
         # dtc-otel doctor lists this writer from now on, not only once it has written.
         self._remove_stale_health()
         self._write_health()
+        try:
+            if self._spool_has_files():
+                # Events an earlier process spooled are replayed now, not at this one's first event.
+                self._start()
+        except OSError:
+            pass
 
     def _reset_state(self) -> None:
         # One queue for all writer threads, and one condition for the queue and every lane's state.
@@ -333,6 +339,9 @@ class AuditWriter:
                         lane.batch = []
                     # Other lanes may have passed over this batch's rows, and flush() may wait.
                     self._cond.notify_all()
+                if first:
+                    # Also while busy or retrying, so that dtc-otel doctor shows a backlog as it grows.
+                    self._write_health()
 
     def _take_batch(self, lane: _Lane) -> list[AuditEvent]:
         """Take up to a batch of events from the queue, passing over rows that other lanes are writing.
