@@ -660,7 +660,7 @@ def test_arecord_on_autocommit_connection(audit_db) -> None:
     ids=["url_set", "url_missing"],
 )
 def test_unconfigured_enqueue_names_fix(monkeypatch, url, message) -> None:
-    """enqueue() before dtc-otel has started says which step is missing: the URL, or starting dtc-otel."""
+    """enqueue() before dtc-otel has started names the missing step: the URL, or starting dtc-otel."""
     if url is None:
         monkeypatch.delenv("DTC_OTEL_DATABASE_URL", raising=False)
     else:
@@ -765,7 +765,7 @@ def test_spool_replayed_at_start(audit_db, tmp_path) -> None:
 
 
 def test_missing_tables_error_names_migrate(database_url, monkeypatch) -> None:
-    """mark_once() against a database without the audit tables says to run dtc-otel migrate."""
+    """mark_once() against a database without the audit tables names dtc-otel migrate as the fix."""
     monkeypatch.setattr(audit_state, "database_url", database_url)
     monkeypatch.setattr(audit_state, "schema", "not_migrated")
     monkeypatch.setattr(audit_state, "_pool", None)

@@ -9,6 +9,7 @@ with the staged statements, which skip it.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
@@ -332,6 +333,8 @@ class StagedStatements(NamedTuple):
     """The ``audit_events`` insert with the NOTIFY of each new row; its one row is the count of new rows."""
 
 
+# Cached: building the statements took about 50 us per batch, which record() pays in the request.
+@functools.lru_cache(maxsize=16)
 def staged_statements(schema: str) -> StagedStatements:
     """Return the checked statements of *schema*'s tables."""
     schema_id = sql.Identifier(schema)
@@ -390,6 +393,7 @@ def allocate_ids(schema: str, count: int) -> sql.Composable:
     return sql.SQL(_ALLOCATE_IDS).format(sequence=sql.Literal(sequence), count=sql.Literal(count))
 
 
+@functools.lru_cache(maxsize=16)
 def direct_statements(schema: str) -> tuple[sql.Composable, sql.Composable]:
     """Return the direct write of a staged batch and the statement that undoes it after a unique violation.
 

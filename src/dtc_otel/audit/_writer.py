@@ -235,8 +235,8 @@ class AuditWriter:
                 # The thread spools a batch it could not write once it finds the stop flag set.
                 lane.thread.join(max(timeout, 1.0))
             if lane.thread is not None and lane.thread.is_alive() and lane.batch:
-                # Still busy, in a connection attempt, say. The batch may yet be written
-                # as well, which its event IDs make harmless.
+                # Still busy, for example in a connection attempt. The batch may be written as
+                # well, which its event IDs make harmless.
                 self._spool(list(lane.batch))
         self._close_spool()
         # A report from an exited process would only mislead dtc-otel doctor.
