@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +32,7 @@ class _Lifecycle:
         self.provider: TracerProvider | None = None
         self.timeout = 5.0
         self.after_fork: list[Callable[[], None]] = []
-        # Run before the provider's shutdown, each bounded on its own: the audit writer.
+        # Steps that run before the provider's shutdown, each bounded by its own timeout (the audit writer's).
         self.before_shutdown: list[Callable[[], None]] = []
         # False when the user set service.instance.id themselves.
         self.owns_instance_id = True
@@ -47,6 +48,7 @@ class _Lifecycle:
 
         # First, because the provider's shutdown can be cut short by the timeout
         # below while an export retries, and the audit writer must spool in time.
+        started = time.monotonic()
         for hook in self.before_shutdown:
             try:
                 hook()
@@ -56,7 +58,9 @@ class _Lifecycle:
         # With the collector already failing, the final export would most
         # likely fail too, so the process waits one second at most for it.
         failing = self.export_failing()
-        timeout = min(self.timeout, _FAILING_EXPORT_WAIT) if failing else self.timeout
+        # The steps above count against the timeout, but the spans still get a second.
+        remaining = max(self.timeout - (time.monotonic() - started), min(self.timeout, _FAILING_EXPORT_WAIT))
+        timeout = min(remaining, _FAILING_EXPORT_WAIT) if failing else remaining
         worker = threading.Thread(target=_shutdown_quietly, args=(provider,), name="dtc-otel-shutdown", daemon=True)
         worker.start()
         worker.join(timeout)
